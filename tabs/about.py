@@ -1,0 +1,75 @@
+"""About & status tab: purpose, disclaimer, each model's source/licence/availability and
+live cache statistics. Hosts the /model_status API endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from medlab import DISCLAIMER
+from tabs.common import disclaimer, ui_errors
+
+TITLE = "About & status"
+TAB_ID = "about"
+
+ABOUT_MD = """
+## Medical AI Lab
+
+Try five medical-AI models in one place and see **how they reason and where they fail**:
+
+| Tab | Model | What to look at |
+|---|---|---|
+| Skin lesion | melanoma classifier + a grounded melanoma assistant | the tuned threshold and its "uncertain" band; cited answers |
+| Lung CT | benign / malignant / normal classifier | Grad-CAM: where the model looked; when it defers to an expert |
+| Radiograph captioning | Llama-3.2-11B-Vision + radiology LoRA | what fine-tuning changed (adapter on/off) |
+| Findings → impression | FLAN-T5 summariser | ROUGE against a reference impression |
+| Pathology search | PLIP beside general CLIP | text-to-image search; zero-shot labels |
+
+Models load on first use and share one memory-bounded cache. A model that cannot run on
+this machine says why and how to fix it; the others keep working.
+"""
+
+
+def _status_table(status: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for key, m in status["models"].items():
+        model = status["cache"]["models"].get(key, {})
+        rows.append([
+            key,
+            m["status"],
+            m["source"],
+            m["licence"],
+            model.get("mb", ""),
+            model.get("load_seconds", ""),
+            (m["reason"] + (" Fix: " + m["fix"] if m["status"] == "unavailable" and m["fix"] else "")).strip(),
+        ])
+    return rows
+
+
+@ui_errors
+def model_status() -> dict[str, Any]:
+    """JSON of the cache statistics and each model's availability."""
+    from medlab.status import model_status as engine_status
+
+    return engine_status()
+
+
+def build() -> None:
+    disclaimer()
+    gr.Markdown(ABOUT_MD)
+    gr.Markdown(f"**Disclaimer.** {DISCLAIMER} Outputs can be wrong in ways that look convincing.")
+    refresh = gr.Button("Refresh status", variant="secondary")
+    # Callable values are evaluated on every page load, so the table is current.
+    table = gr.Dataframe(
+        value=lambda: _status_table(model_status()),
+        headers=["model", "status", "source", "licence", "MB loaded", "load s", "notes"],
+        label="Models",
+        interactive=False,
+        wrap=True,
+    )
+    with gr.Accordion("Raw status (JSON, also at /model_status)", open=False):
+        raw = gr.JSON(label="model_status")
+    refresh.click(model_status, inputs=None, outputs=raw, api_name="model_status").then(
+        _status_table, inputs=raw, outputs=table, api_visibility="private"
+    )

@@ -1,0 +1,107 @@
+"""Shared UI helpers: error translation, progress adapter, disclaimer and model card."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from medlab import DISCLAIMER
+from medlab.errors import MedlabError
+
+log = logging.getLogger(__name__)
+
+
+def disclaimer() -> gr.Markdown:
+    return gr.Markdown(f"> ⚠️ **{DISCLAIMER}**", elem_classes=["medlab-disclaimer"])
+
+
+def _to_gr_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, MedlabError):
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("unexpected error in a handler")
+    return gr.Error(
+        f"Something went wrong ({type(exc).__name__}). The error was logged; please try another input.",
+        print_exception=False,
+    )
+
+
+def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a handler so engine errors reach the user as gr.Error (never a stack trace).
+
+    Keeps generator handlers generators, so Gradio still streams them."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - translated for the UI
+                raise _to_gr_error(exc) from exc
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - translated for the UI
+            raise _to_gr_error(exc) from exc
+
+    return wrapper
+
+
+def progress_callback(progress: gr.Progress | None) -> Callable[[float, str], None]:
+    """Adapt gr.Progress to the engine's progress(fraction, message) callbacks."""
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            try:
+                progress(fraction, desc=message)
+            except Exception:  # noqa: BLE001 - progress is cosmetic; never fail a request for it
+                pass
+
+    return report
+
+
+def model_card(key: str, label: str = "Model card") -> None:
+    """Accordion with the card (source, data, metrics, licence, limits) and evaluation plots.
+    Rendered on each page load so it reflects the weights configured now."""
+    from medlab.cards import card_markdown, evaluation_plots
+
+    def plots() -> list[Any]:
+        from PIL import Image
+
+        images = []
+        for path in evaluation_plots(key):
+            with Image.open(path) as img:  # load into memory: no file path is exposed
+                images.append((img.convert("RGB"), path.stem.replace("_", " ")))
+        return images
+
+    with gr.Accordion(label, open=False):
+        gr.Markdown(lambda: card_markdown(key))
+        gr.Gallery(plots, label="Evaluation plots (from the report next to the weights)", columns=3,
+                   height="auto", show_label=True)
+
+
+def availability_banner(*keys: str) -> gr.Markdown:
+    """A line per model that cannot run here, with the reason and the fix."""
+    from medlab.status import availability
+
+    def text() -> str:
+        lines = []
+        for key in keys:
+            avail = availability(key)
+            if avail.status == "unavailable":
+                lines.append(f"❌ **{avail.title}** cannot run here: {avail.reason}  \n**Fix:** {avail.fix}")
+            elif avail.status == "downloadable":
+                lines.append(f"ℹ️ **{avail.title}** {avail.reason}.")
+        return "\n\n".join(lines)
+
+    return gr.Markdown(text)
