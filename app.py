@@ -25,6 +25,11 @@ log = logging.getLogger("medlab.app")
 
 # Order of the tabs in the UI. Each module exposes TITLE, TAB_ID and build().
 TAB_MODULES: tuple[str, ...] = (
+    "tabs.skin",  # also hosts the melanoma assistant (tabs.assistant)
+    "tabs.lung_ct",
+    "tabs.radiograph",
+    "tabs.impression",
+    "tabs.pathology",
     "tabs.about",
 )
 

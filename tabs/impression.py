@@ -1,0 +1,13 @@
+"""PLACEHOLDER - replaced by the issue that builds this tab."""
+
+import gradio as gr
+
+from tabs.common import disclaimer
+
+TITLE = "Findings → impression"
+TAB_ID = "impression"
+
+
+def build() -> None:
+    disclaimer()
+    gr.Markdown("This tab is being built.")
