@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,14 @@ def load_image(path: str | os.PathLike[str], settings: Settings | None = None) -
             f"{name} is not an image that can be read (its contents are not PNG, JPEG, WebP, "
             "BMP, TIFF or GIF, whatever its name says)."
         ) from None
-    except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"{name} is too large to decode safely (decompression bomb).") from None
+    except Image.DecompressionBombError as exc:
+        # PIL refuses in open() beyond twice its own limit, before our header check runs.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+        raise ImageTooLargeError(
+            f"{name} is too large to decode safely{size}; the limit is "
+            f"{settings.max_image_pixels / 1e6:.0f} megapixels (a 'decompression bomb' guard)."
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, (UnsupportedFileError, ImageTooLargeError, ImageTooSmallError)):
             raise

@@ -1,0 +1,192 @@
+"""ModelCache: single flight, LRU eviction under a budget, failed-load retry, stats,
+and the real loader path on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from medlab.cache import ModelCache, measure_bytes
+from medlab.errors import InsufficientMemoryError, ModelUnavailableError
+
+MB = 2**20
+
+
+class Model:
+    def __init__(self, key: str, nbytes: int) -> None:
+        self.key = key
+        self.nbytes = nbytes
+        self.device = "cpu"
+
+
+def make_cache(sizes: dict[str, int], budget: int, delay: float = 0.0, fail: set[str] | None = None):
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+    fail = fail if fail is not None else set()
+
+    def load(key: str, progress) -> Model:
+        with lock:
+            calls[key] = calls.get(key, 0) + 1
+        progress(0.5, f"loading {key}")
+        time.sleep(delay)
+        if key in fail:
+            raise ModelUnavailableError(key, "weights are corrupt", "re-download them")
+        return Model(key, sizes[key])
+
+    cache = ModelCache(load, budget, estimate_fn=lambda k: sizes[k], measure_fn=lambda m: m.nbytes)
+    return cache, calls
+
+
+def test_single_flight_with_16_threads() -> None:
+    cache, calls = make_cache({"a": MB}, 10 * MB, delay=0.3)
+    barrier = threading.Barrier(16)
+
+    def get(_: int) -> Model:
+        barrier.wait()
+        return cache.get("a")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(get, range(16)))
+    assert calls == {"a": 1}
+    assert all(r is results[0] for r in results)
+    stats = cache.stats()
+    assert stats["loads"] == 1 and stats["misses"] == 1 and stats["hits"] == 15
+
+
+def test_cold_loads_of_different_keys_run_in_parallel() -> None:
+    cache, calls = make_cache({"a": MB, "b": MB}, 10 * MB, delay=0.4)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(cache.get, ["a", "b"]))
+    assert time.perf_counter() - start < 0.75  # per-key locks, not one global lock
+    assert calls == {"a": 1, "b": 1}
+
+
+def test_lru_eviction_order_and_budget() -> None:
+    cache, calls = make_cache({"a": 4 * MB, "b": 4 * MB, "c": 4 * MB}, 10 * MB)
+    cache.get("a")
+    cache.get("b")
+    cache.get("a")  # a is now most recently used; b is the LRU
+    cache.get("c")  # needs room: evicts b, not a
+    assert cache.loaded_keys() == ["a", "c"]
+    assert cache.eviction_log == ["b"]
+    assert cache.used_bytes() <= cache.budget_bytes
+    cache.get("b")  # evicts a (LRU now)
+    assert cache.eviction_log == ["b", "a"]
+    assert calls == {"a": 1, "b": 2, "c": 1}
+    assert cache.stats()["evictions"] == 2
+
+
+def test_model_larger_than_budget_refused_before_loading() -> None:
+    cache, calls = make_cache({"big": 50 * MB}, 10 * MB)
+    with pytest.raises(InsufficientMemoryError) as info:
+        cache.get("big")
+    assert calls == {}  # refused without trying
+    assert "MEDLAB_MEMORY_BUDGET_GB" in str(info.value)
+
+
+def test_underestimated_model_still_keeps_budget() -> None:
+    sizes = {"a": 6 * MB, "b": 6 * MB}
+    cache = ModelCache(lambda k, p: Model(k, sizes[k]), 10 * MB, estimate_fn=lambda k: 0,
+                       measure_fn=lambda m: m.nbytes)
+    cache.get("a")
+    cache.get("b")
+    assert cache.loaded_keys() == ["b"]
+    assert cache.used_bytes() <= 10 * MB
+
+
+def test_failed_load_reports_reason_and_can_be_retried() -> None:
+    fail = {"a"}
+    cache, calls = make_cache({"a": MB, "b": MB}, 10 * MB, fail=fail)
+    with pytest.raises(ModelUnavailableError, match="corrupt"):
+        cache.get("a")
+    assert "corrupt" in cache.stats()["errors"]["a"]
+    assert cache.get("b").key == "b"  # cache still usable
+    fail.clear()
+    assert cache.get("a").key == "a"  # retried, now succeeds
+    assert calls["a"] == 2
+    assert "a" not in cache.stats()["errors"]
+
+
+def test_progress_callbacks_are_reported() -> None:
+    cache, _ = make_cache({"a": MB}, 10 * MB)
+    seen: list[tuple[float, str]] = []
+    cache.get("a", progress=lambda f, m: seen.append((f, m)))
+    assert seen[0][0] == 0.0 and seen[-1][0] == 1.0
+    assert any("loading a" in m for _, m in seen)
+
+
+def test_stats_shape() -> None:
+    cache, _ = make_cache({"a": MB}, 10 * MB)
+    cache.get("a")
+    cache.get("a")
+    stats = cache.stats()
+    assert stats["loaded"] == ["a"]
+    assert stats["models"]["a"]["bytes"] == MB and stats["models"]["a"]["device"] == "cpu"
+    assert stats["models"]["a"]["load_seconds"] >= 0
+    assert (stats["hits"], stats["misses"], stats["evictions"]) == (1, 1, 0)
+
+
+def test_measure_bytes_counts_real_parameters_once() -> None:
+    import torch
+
+    lin = torch.nn.Linear(10, 10)  # 110 float32 params
+    assert measure_bytes(lin) == 110 * 4
+    tied = torch.nn.Sequential(lin, lin)
+    assert measure_bytes(tied) == 110 * 4  # shared storage counted once
+
+
+def test_real_loader_through_process_cache(use_tiny_models) -> None:
+    from medlab.loaders import get_cache, get_model
+
+    first = get_model("skin")
+    assert first.model.config.id2label[4] == "melanoma"
+    assert first.processor is not None
+    assert get_model("skin") is first
+    stats = get_cache().stats()
+    assert stats["load_counts"] == {"skin": 1}
+    assert stats["models"]["skin"]["bytes"] == measure_bytes(first.model) > 0
+
+
+def test_corrupt_safetensors_gives_clear_error_and_cache_stays_usable(use_tiny_models, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from medlab.loaders import get_model
+
+    bad = tmp_path / "bad"
+    shutil.copytree(use_tiny_models["MEDLAB_MODEL_SKIN"], bad)
+    (bad / "model.safetensors").write_bytes(b"not really safetensors")
+    monkeypatch.setenv("MEDLAB_MODEL_SKIN", str(bad))
+    with pytest.raises(ModelUnavailableError) as info:
+        get_model("skin")
+    assert "MEDLAB_MODEL_SKIN" in str(info.value)
+    assert get_model("lung_ct").model is not None
+
+
+def test_pickle_only_dir_refused_unless_allowed(use_tiny_models, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from medlab.loaders import get_model
+
+    d = tmp_path / "pickled"
+    shutil.copytree(use_tiny_models["MEDLAB_MODEL_SKIN"], d)
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    monkeypatch.setenv("MEDLAB_MODEL_SKIN", str(d))
+    with pytest.raises(ModelUnavailableError, match="MEDLAB_ALLOW_PICKLE"):
+        get_model("skin")
+
+
+def test_offline_hub_model_says_why_and_how(monkeypatch) -> None:
+    from medlab.loaders import get_model
+
+    monkeypatch.setenv("MEDLAB_MODEL_SKIN", "someone/not-cached-model")
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as info:
+        get_model("skin")
+    assert time.perf_counter() - start < 20
+    msg = str(info.value)
+    assert "HF_HUB_OFFLINE" in msg and "python -m medlab download skin" in msg

@@ -1,0 +1,119 @@
+"""Every configuration error names the variable and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from medlab.config import load_settings, model_env_var
+from medlab.errors import ConfigError, ModelUnavailableError, UnknownModelError
+from medlab.registry import get_spec, model_keys, resolve_source
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "allowed"),
+    [
+        ({"MEDLAB_DEVICE": "tpu"}, "MEDLAB_DEVICE", "auto, cpu, cuda or cuda:N"),
+        ({"MEDLAB_DEVICE": "cuda:x"}, "MEDLAB_DEVICE", "auto, cpu, cuda or cuda:N"),
+        ({"MEDLAB_MEMORY_BUDGET_GB": "lots"}, "MEDLAB_MEMORY_BUDGET_GB", "a positive number"),
+        ({"MEDLAB_MEMORY_BUDGET_GB": "-2"}, "MEDLAB_MEMORY_BUDGET_GB", "a positive number"),
+        ({"MEDLAB_MEMORY_BUDGET_GB": "nan"}, "MEDLAB_MEMORY_BUDGET_GB", "a positive number"),
+        ({"MEDLAB_CHROMA_HOST": "db", "MEDLAB_CHROMA_PORT": "99999"}, "MEDLAB_CHROMA_PORT", "between 1 and 65535"),
+        ({"MEDLAB_CHROMA_HOST": "db", "MEDLAB_CHROMA_PORT": "http"}, "MEDLAB_CHROMA_PORT", "between 1 and 65535"),
+        ({"MEDLAB_CHROMA_PORT": "8000"}, "MEDLAB_CHROMA_PORT", "together with MEDLAB_CHROMA_HOST"),
+        ({"MEDLAB_MAX_UPLOAD_MB": "0"}, "MEDLAB_MAX_UPLOAD_MB", "a positive number"),
+        ({"MEDLAB_MAX_IMAGE_PIXELS": "12"}, "MEDLAB_MAX_IMAGE_PIXELS", "an integer >= 4096"),
+        ({"MEDLAB_ALLOW_PICKLE": "maybe"}, "MEDLAB_ALLOW_PICKLE", "1/0, true/false"),
+        ({"MEDLAB_AUTH": "teacheronly"}, "MEDLAB_AUTH", "user:password"),
+        ({"MEDLAB_CAPTIONER_ENDPOINT": "ftp://x"}, "MEDLAB_CAPTIONER_ENDPOINT", "an http(s) URL"),
+    ],
+)
+def test_invalid_values_name_variable_and_allowed(env: dict[str, str], variable: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert variable in message
+    assert allowed in message
+    assert info.value.variable == variable
+
+
+def test_data_dir_that_is_a_file(tmp_path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="MEDLAB_DATA_DIR"):
+        load_settings({"MEDLAB_DATA_DIR": str(f)})
+
+
+def test_auth_password_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"MEDLAB_AUTH": "secretpass"})
+    assert "secretpass" not in str(info.value)
+
+
+def test_valid_values_parse(tmp_path) -> None:
+    s = load_settings(
+        {
+            "MEDLAB_DEVICE": "CUDA:1",
+            "MEDLAB_MEMORY_BUDGET_GB": "1.5",
+            "MEDLAB_DATA_DIR": str(tmp_path),
+            "MEDLAB_CHROMA_HOST": "chroma.local",
+            "MEDLAB_CHROMA_PORT": "8001",
+            "MEDLAB_AUTH": "teacher:pw:with:colons",
+            "MEDLAB_ALLOW_PICKLE": "yes",
+        }
+    )
+    assert s.device == "cuda:1"
+    assert s.memory_budget_bytes() == int(1.5 * 1024**3)
+    assert s.data_dir == tmp_path
+    assert (s.chroma_host, s.chroma_port) == ("chroma.local", 8001)
+    assert s.auth == ("teacher", "pw:with:colons")
+    assert s.allow_pickle is True
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert s.device == "auto" and s.chroma_host is None and s.auth is None
+    assert s.memory_budget_bytes() > 0
+    assert s.allow_pickle is False
+
+
+def test_unknown_model_key_lists_valid_ones() -> None:
+    with pytest.raises(UnknownModelError) as info:
+        get_spec("xray")
+    for key in model_keys():
+        assert key in str(info.value)
+
+
+def test_registry_has_the_design_keys_and_specs_are_frozen() -> None:
+    assert set(model_keys()) == {
+        "skin", "lung_ct", "captioner", "captioner_adapter", "impression", "plip", "clip_baseline", "embedder"
+    }
+    spec = get_spec("skin")
+    with pytest.raises(AttributeError):
+        spec.default_source = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.params["threshold"] = 0.5  # type: ignore[index]
+
+
+def test_source_override_by_env(tmp_path) -> None:
+    env = {model_env_var("lung_ct"): str(tmp_path)}
+    src = resolve_source("lung_ct", env)
+    assert src.is_local and src.from_env and src.location == str(tmp_path.resolve())
+    hub = resolve_source("skin", {model_env_var("skin"): "someone/some-model"})
+    assert not hub.is_local and hub.location == "someone/some-model"
+    default = resolve_source("impression", {})
+    assert default.location == "google/flan-t5-base" and default.is_default
+
+
+def test_lung_default_is_explained_not_silent() -> None:
+    with pytest.raises(ModelUnavailableError) as info:
+        resolve_source("lung_ct", {})
+    assert "MEDLAB_MODEL_LUNG_CT" in str(info.value)
+    assert "training.train_classifier" in str(info.value)
+
+
+def test_embedder_default_resolves_offline_from_pypi_package() -> None:
+    src = resolve_source("embedder", {})
+    assert src.is_local
+    from pathlib import Path
+
+    assert (Path(src.location) / "config.json").is_file() or any(Path(src.location).iterdir())
