@@ -1,0 +1,1 @@
+"""Benchmarks (not timed tests): `python -m bench` writes bench/results.md and results.json."""
