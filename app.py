@@ -58,6 +58,10 @@ def build_app() -> gr.Blocks:
 
 
 def launch_kwargs(host: str, port: int, share: bool) -> dict:
+    from starlette.middleware import Middleware
+
+    from medlab.webguard import BodySizeLimit
+
     settings = load_settings()
     return {
         "server_name": host,
@@ -65,6 +69,9 @@ def launch_kwargs(host: str, port: int, share: bool) -> dict:
         "share": share,
         "auth": settings.auth,
         "max_file_size": settings.max_upload_bytes,
+        # Refuse oversized bodies from their declared size, before reading them.
+        "app_kwargs": {"middleware": [Middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)]},
+        "allowed_paths": [],  # serve nothing beyond Gradio's own upload/cache folders
         "css": CSS,
         "footer_links": ["api", "gradio"],
         "ssr_mode": False,
