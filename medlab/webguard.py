@@ -53,6 +53,9 @@ class BodySizeLimit:
             await self._refuse(send, declared)
             return
 
+        # A declared length within bounds is trusted up to the multipart allowance (Gradio then
+        # applies its exact file-size check); a streamed body gets the bare limit.
+        limit = self.max_bytes if declared is not None else self.max_streamed
         received = 0
         exceeded = False
         started = False
@@ -64,7 +67,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_streamed:
+                if received > limit:
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
