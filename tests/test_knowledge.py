@@ -1,0 +1,177 @@
+"""The melanoma knowledge assistant with the REAL offline all-MiniLM-L6-v2 embedder.
+
+Every test gets its own data dir and a copy of (part of) the shipped knowledge/ folder, so
+ingest counts are exact."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medlab import knowledge
+from medlab.config import PROJECT_ROOT
+
+PLANTED = (
+    "The Okavango mole protocol recommends photographing each changing mole beside a "
+    "green calibration card every forty days."
+)
+FILLER = [
+    "Melanoma education for students covers sun protection, shade, hats and sunscreen.",
+    "Dermatology clinics record the history of each lesion and examine the whole skin.",
+    "Histopathology confirms the diagnosis after an excisional biopsy of the lesion.",
+    "Follow-up visits after treatment include examination of lymph nodes and scars.",
+    "Teaching cases show benign nevi, seborrhoeic keratoses and haemangiomas.",
+]
+
+
+def make_pdf(path: Path, pages: list[str], *, encrypt: bool = False, text: bool = True) -> Path:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for body in pages:
+        pdf.add_page()
+        if text:
+            pdf.multi_cell(0, 8, body)
+        else:
+            pdf.rect(20, 20, 100, 60, style="F")  # a drawing, no text at all
+    if encrypt:
+        pdf.set_encryption(owner_password="owner-secret", user_password="user-secret")
+    pdf.output(str(path))
+    return path
+
+
+@pytest.fixture
+def kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private data dir + a knowledge dir holding three of the shipped notes."""
+    from medlab.vectorstore import reset_clients
+
+    data = tmp_path / "data"
+    kdir = tmp_path / "knowledge"
+    kdir.mkdir()
+    for name in ("02-abcde-rule.md", "03-risk-factors.md", "07-prevention-early-detection.md"):
+        shutil.copy(PROJECT_ROOT / "knowledge" / name, kdir / name)
+    monkeypatch.setenv("MEDLAB_DATA_DIR", str(data))
+    monkeypatch.setattr(knowledge, "KNOWLEDGE_DIR", kdir)
+    reset_clients()
+    knowledge.reset_ready()
+    yield kdir
+    reset_clients()
+    knowledge.reset_ready()
+
+
+def _restart() -> None:
+    """What a process restart drops: model cache, chroma clients, the 'ingested' memo."""
+    from medlab.loaders import reset_cache
+    from medlab.vectorstore import reset_clients
+
+    reset_cache()
+    reset_clients()
+    knowledge.reset_ready()
+
+
+def test_shipped_knowledge_notes_chunk_with_sections_and_cite_sources() -> None:
+    files = knowledge.source_files(PROJECT_ROOT / "knowledge")
+    notes = [d for d in files if d.startswith("knowledge/")]
+    assert 6 <= len(notes) <= 10
+    for doc in notes:
+        text = files[doc].read_text()
+        assert "## Sources" in text or "about-the-app" in doc, doc
+        chunks = knowledge.chunk_document(doc, files[doc])
+        assert chunks and all(c.section for c in chunks)
+        assert not any(c.section.lower() == "sources" for c in chunks)  # citations list is not content
+
+
+def test_planted_pdf_fact_comes_first_with_its_page_and_offtopic_is_declined(kb: Path, tmp_path: Path) -> None:
+    pages = [FILLER[0], FILLER[1], FILLER[2] + " " + PLANTED, FILLER[3], FILLER[4]]
+    pdf = make_pdf(tmp_path / "teaching notes.pdf", pages)
+    doc, report = knowledge.add_document(pdf)
+    assert doc == "uploads/teaching_notes.pdf"
+    assert report.added == [doc] and report.chunks_embedded == 5  # one chunk per page
+
+    answer = knowledge.ask("What does the Okavango mole protocol recommend?")
+    assert answer.covered
+    top = answer.passages[0]
+    assert (top.doc, top.page) == (doc, 3)
+    assert "green calibration card" in top.text
+    assert "green calibration card" in answer.answer and "[1]" in answer.answer
+    assert answer.to_dict()["citations"][0]["page"] == 3
+
+    on_topic = knowledge.ask("What does the E in the ABCDE rule stand for?")
+    assert on_topic.covered and on_topic.passages[0].doc == "knowledge/02-abcde-rule.md"
+    assert "Evolving" in on_topic.answer
+
+    pizza = knowledge.ask("Where can I get the best pizza in Naples?")
+    assert not pizza.covered and pizza.passages == []
+    assert pizza.best_score < knowledge.SIMILARITY_FLOOR
+    assert "does not cover" in pizza.answer
+
+
+def test_ingest_is_incremental_by_content_hash(kb: Path) -> None:
+    first = knowledge.ingest()
+    assert sorted(first.added) == sorted(f"knowledge/{p.name}" for p in kb.glob("*.md"))
+    assert first.chunks_embedded > 0
+
+    again = knowledge.ingest()
+    assert again.chunks_embedded == 0 and again.added == again.updated == again.removed == []
+    assert len(again.unchanged) == 3
+
+    col = knowledge.collection()
+    doc = "knowledge/03-risk-factors.md"
+    old_ids = set(col.get(where={"doc": doc}, include=[])["ids"])
+    path = kb / "03-risk-factors.md"
+    path.write_text(path.read_text().replace(
+        "## Moles", "## Occupation\nAirline pilots and cabin crew have a higher melanoma incidence "
+        "than the general population in several cohort studies.\n\n## Moles"))
+    edited = knowledge.ingest()
+    assert edited.updated == [doc] and edited.added == [] and len(edited.unchanged) == 2
+    assert edited.chunks_deleted == len(old_ids)
+    new = col.get(where={"doc": doc}, include=["metadatas", "documents"])
+    assert not old_ids & set(new["ids"])  # old chunks are gone
+    assert {m["doc_hash"] for m in new["metadatas"]} == {knowledge._sha256(path)}
+    assert any("Airline pilots" in d for d in new["documents"])
+    hit = knowledge.retrieve("Do airline pilots have more melanoma?", k=1)[0]
+    assert hit.doc == doc and "Airline pilots" in hit.text
+
+    (kb / "07-prevention-early-detection.md").unlink()
+    removed = knowledge.ingest()
+    assert removed.removed == ["knowledge/07-prevention-early-detection.md"] and removed.chunks_embedded == 0
+    assert col.get(where={"doc": "knowledge/07-prevention-early-detection.md"}, include=[])["ids"] == []
+
+
+def test_uploaded_pdf_survives_a_restart(kb: Path, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "upload.pdf", [FILLER[0], PLANTED])
+    doc, _ = knowledge.add_document(pdf)
+    assert (knowledge.uploads_dir() / "upload.pdf").is_file()
+
+    _restart()  # new chroma client, new collection object, new model instance
+    answer = knowledge.ask("What does the Okavango mole protocol recommend?")
+    assert answer.covered and (answer.passages[0].doc, answer.passages[0].page) == (doc, 2)
+    # The restart's lazy ingest found everything already embedded.
+    assert knowledge.ingest().chunks_embedded == 0
+
+
+@pytest.mark.parametrize("kind", ["not_pdf", "encrypted", "no_text", "wrong_suffix"])
+def test_bad_uploads_are_rejected_and_change_nothing(kb: Path, tmp_path: Path, kind: str) -> None:
+    knowledge.ingest()
+    col = knowledge.collection()
+    before = col.count()
+    if kind == "not_pdf":
+        bad = tmp_path / "notes.pdf"
+        bad.write_text("This is plain text pretending to be a PDF.")
+        expect = "not a PDF"
+    elif kind == "encrypted":
+        bad = make_pdf(tmp_path / "secret.pdf", [PLANTED], encrypt=True)
+        expect = "encrypted"
+    elif kind == "no_text":
+        bad = make_pdf(tmp_path / "scan.pdf", ["", ""], text=False)
+        expect = "no extractable text"
+    else:
+        bad = make_pdf(tmp_path / "notes.docx", [PLANTED])
+        expect = "only PDF"
+    with pytest.raises(knowledge.InputError, match=expect):
+        knowledge.add_document(bad)
+    assert col.count() == before
+    assert not knowledge.uploads_dir().exists() or list(knowledge.uploads_dir().iterdir()) == []
