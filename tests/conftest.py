@@ -31,6 +31,7 @@ ARTIFACTS = Path(__file__).parent / "_artifacts"
 # Modules with build(root: Path) -> dict[str, str]: env var -> tiny model dir.
 TINY_BUILDERS: tuple[str, ...] = (
     "tests.tiny_models",
+    "tests.tiny_generation",
 )
 
 
