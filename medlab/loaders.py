@@ -166,17 +166,44 @@ def load_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progr
 
 
 def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
-    """open_clip model from a Hub repo in open_clip's format or a local dir holding
-    open_clip_config.json + open_clip_model.safetensors."""
+    """open_clip model in open_clip's "local-dir" format: open_clip_config.json (with
+    model_cfg) + open_clip_model.safetensors, either a local dir or a Hub repo holding those
+    files (e.g. timm/vit_base_patch32_clip_224.openai).
+
+    Checked against open_clip 3.3.0 factory.py: "hf-hub:<repo>" silently falls back to
+    RANDOM weights when the weight download fails (it only logs a warning) and may pick a
+    pickle .bin, so for a Hub source we fetch the two files ourselves (safetensors only,
+    pinned revision, errors surface) and load the snapshot folder through "local-dir:"."""
     _prepare(spec, source)
     with translate_load_errors(source):
         import open_clip
 
-        progress(0.3, f"Reading {spec.key} weights")
+        progress(0.2, f"Reading {spec.key} config")
         if source.is_local:
-            name = f"local-dir:{source.location}"
+            folder = Path(source.location)
+            if not (folder / "open_clip_config.json").is_file():
+                raise ModelUnavailableError(
+                    spec.key, f"{folder} has no open_clip_config.json (open_clip's local-dir format).",
+                    f"point {source.env_var} at a folder with open_clip_config.json and open_clip_model.safetensors.",
+                )
+            weights = sorted(folder.glob("*.safetensors"))
+            if not weights and not load_settings().allow_pickle:
+                raise ModelUnavailableError(
+                    spec.key, f"{folder} has no .safetensors weights.",
+                    "convert the checkpoint to open_clip_model.safetensors, or set MEDLAB_ALLOW_PICKLE=1 if you trust it.",
+                )
         else:
-            name = f"hf-hub:{source.location}"
+            from huggingface_hub import hf_hub_download
+
+            revision = source.revision
+            config_path = hf_hub_download(source.location, "open_clip_config.json", revision=revision)
+            progress(0.3, f"Reading {spec.key} weights")
+            weights_path = hf_hub_download(source.location, "open_clip_model.safetensors", revision=revision)
+            folder = Path(weights_path).parent
+            if Path(config_path).parent != folder:  # both come from the same snapshot folder
+                raise RuntimeError(f"config and weights of {source.location} resolved to different snapshots")
+        name = f"local-dir:{folder}"
+        progress(0.5, f"Building {spec.key}")
         model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     return LoadedModel(

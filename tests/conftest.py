@@ -32,6 +32,7 @@ ARTIFACTS = Path(__file__).parent / "_artifacts"
 TINY_BUILDERS: tuple[str, ...] = (
     "tests.tiny_models",
     "tests.tiny_generation",
+    "tests.tiny_retrieval",
 )
 
 
