@@ -604,3 +604,33 @@ def load_thumbnail(hit: Hit) -> Any:
             return img.convert("RGB")
     except (OSError, ValueError):
         return Image.new("RGB", (THUMB_SIDE, THUMB_SIDE), (200, 200, 200))
+
+
+# -- what the UI may index -------------------------------------------------------------------------
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "pathology"
+
+
+def allowed_roots() -> list[Path]:
+    """Server folders the UI may index: the data dir, the bundled examples, and any listed in
+    MEDLAB_INDEX_ROOTS (os.pathsep-separated). A public Space must not let visitors index
+    (and then browse thumbnails of) arbitrary server paths."""
+    roots = [load_settings().data_dir, EXAMPLES_DIR]
+    extra = os.environ.get("MEDLAB_INDEX_ROOTS", "")
+    roots += [Path(p).expanduser() for p in extra.split(os.pathsep) if p.strip()]
+    return [r.resolve() for r in roots]
+
+
+def check_index_root(folder: str | Path) -> Path:
+    path = Path(folder).expanduser().resolve()
+    for root in allowed_roots():
+        if path == root or root in path.parents:
+            return path
+    raise InputError(
+        f"{folder} is outside the folders the app may index ({', '.join(str(r) for r in allowed_roots())}). "
+        "Upload a .zip instead, or add the folder to MEDLAB_INDEX_ROOTS on the server."
+    )
+
+
+def index_examples(key: str = "plip", progress: Progress | None = None) -> IndexReport:
+    """Index the bundled example tiles (assets/pathology) so search works offline."""
+    return index_folder(EXAMPLES_DIR, key=key, source="examples", progress=progress)

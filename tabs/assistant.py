@@ -1,7 +1,105 @@
-"""PLACEHOLDER - replaced by the knowledge-assistant issue. build() renders inside the skin tab."""
+"""The grounded melanoma assistant, rendered inside the skin tab (its build() is called in
+the skin tab's right column). UI only; the engine is medlab.knowledge.
+
+Answers come only from the knowledge base (knowledge/ + uploaded PDFs), with citations; a
+question the documents do not cover is declined. The knowledge base is ingested at the
+assistant's first use, not at app start."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
+from tabs.common import progress_callback, ui_errors
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_QUESTIONS = [
+    "What does the ABCDE rule stand for?",
+    "Is indoor tanning safe?",
+    "How is Breslow thickness used in staging?",
+    "Which drugs are used for BRAF-mutant melanoma?",
+    "What is a blue-white veil in dermoscopy?",
+    "Can the skin classifier in this app diagnose melanoma?",
+]
+
+
+def _passages_markdown(answer: Any) -> str:
+    if not answer.passages:
+        return ""
+    parts = []
+    for i, p in enumerate(answer.passages, 1):
+        quote = p.text if len(p.text) <= 600 else p.text[:600].rsplit(" ", 1)[0] + " …"
+        parts.append(f"**[{i}] {p.citation}** · similarity {p.score:.2f}\n\n> {quote}")
+    return "\n\n".join(parts)
+
+
+@ui_errors
+def assistant_ask(question: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict[str, Any]]:
+    """Grounded answer from the melanoma knowledge base, with citations (document, page/section)."""
+    from medlab.knowledge import ask
+
+    answer = ask(question, progress=progress_callback(progress))
+    return answer.markdown(), _passages_markdown(answer), answer.to_dict()
+
+
+@ui_errors
+def assistant_add_document(file: str | None, progress: gr.Progress = gr.Progress()) -> str:
+    """Add a PDF to the knowledge base (kept under the data dir; survives restarts)."""
+    from medlab.errors import InputError
+    from medlab.knowledge import add_document
+
+    if not file:
+        raise InputError("Choose a PDF to upload first.")
+    doc, report = add_document(file, original_name=Path(file).name, progress=progress_callback(progress))
+    if report.unchanged and not (report.added or report.updated):
+        return f"**{doc}** is already in the knowledge base (same content); nothing to do."
+    return f"**Added {doc}**: {report.chunks_embedded} passages embedded. It is now searchable and persists across restarts."
+
+
+def _documents_markdown() -> str:
+    try:
+        from medlab.knowledge import knowledge_summary
+
+        docs = knowledge_summary()["documents"]
+    except Exception as exc:  # noqa: BLE001 - a status line must never break the page
+        return f"Knowledge base listing unavailable ({type(exc).__name__})."
+    uploads = [d for d in docs if d.startswith("uploads/")]
+    return (f"{len(docs)} documents ({len(uploads)} uploaded). The assistant reads them at its first use.\n\n"
+            + "\n".join(f"- `{d}`" for d in docs))
+
 
 def build() -> None:
-    gr.Markdown("The melanoma assistant is being built.")
+    """Self-contained: a question box with cited answers and an upload accordion."""
+    gr.Markdown(
+        "### 🔎 Melanoma knowledge assistant\n"
+        "Answers **only** from the app's teaching notes and uploaded PDFs, with citations "
+        "(document, page or section). If the documents do not cover your question it says so "
+        "instead of guessing. Educational use only."
+    )
+    question = gr.Textbox(label="Your question", placeholder="What does the E in ABCDE mean?", lines=2)
+    ask_btn = gr.Button("Ask", variant="primary")
+    gr.Examples([[q] for q in EXAMPLE_QUESTIONS], inputs=[question], label="Try", cache_examples=False)
+    answer_md = gr.Markdown(label="Answer")
+    with gr.Accordion("Retrieved passages", open=False):
+        passages_md = gr.Markdown()
+        details = gr.JSON(label="Details (scores, citations)")
+    outputs = [answer_md, passages_md, details]
+    ask_btn.click(assistant_ask, inputs=[question], outputs=outputs, api_name="assistant_ask",
+                  concurrency_limit=2, concurrency_id="assistant")
+    question.submit(assistant_ask, inputs=[question], outputs=outputs, api_visibility="private",
+                    concurrency_limit=2, concurrency_id="assistant")
+
+    with gr.Accordion("Knowledge base: documents and PDF upload (educators)", open=False):
+        docs_md = gr.Markdown(_documents_markdown)
+        upload = gr.File(label="Add a PDF", file_types=[".pdf"], type="filepath")
+        add_btn = gr.Button("Add to knowledge base")
+        add_status = gr.Markdown()
+        gr.Markdown("PDFs must contain selectable text (no scans) and no password. Uploaded files are kept "
+                    "under the data dir (`knowledge_uploads/`) and are indexed incrementally.")
+    add_btn.click(assistant_add_document, inputs=[upload], outputs=add_status, api_name="assistant_add_document",
+                  concurrency_limit=1, concurrency_id="assistant_upload").then(
+        _documents_markdown, outputs=docs_md, api_visibility="private")

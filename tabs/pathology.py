@@ -1,13 +1,274 @@
-"""PLACEHOLDER - replaced by the issue that builds this tab."""
+"""Pathology tab (document 004): PLIP text->image and image->image search over a chromadb
+image index, and zero-shot classification with PLIP beside a general CLIP. UI only; the
+engine is medlab.pathology."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from tabs.common import disclaimer
+from medlab.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
+from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
+
+log = logging.getLogger(__name__)
 
 TITLE = "Pathology search"
 TAB_ID = "pathology"
+DEFAULT_LABELS_TEXT = ", ".join(DEFAULT_LABELS)
+MODEL_CHOICES = [("PLIP (pathology)", "plip"), ("General CLIP (baseline)", "clip_baseline")]
+
+INTRO = """
+### Search H&E tiles with words, find similar tiles, and classify a tile zero-shot
+**PLIP** is CLIP fine-tuned on ~208k pathology image-text pairs from medical Twitter
+(document 004). Both models map images and text into one space; similarity is the cosine of
+the two embeddings. **Zero-shot**: every label becomes a sentence through the template, and
+the probabilities are the softmax of the model's own `logit_scale` × cosine similarity — the
+same head CLIP was trained with. Compare PLIP with a **general CLIP** on the same tile: document
+004 reports PLIP ahead on Kather colon tissue (9 classes, the default labels here). Probabilities
+always sum to 1 over the labels you give, even when none of them fits.
+"""
+
+
+def _model_name(key: str) -> str:
+    return dict((v, k) for k, v in MODEL_CHOICES).get(key, key)
+
+
+def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
+    from medlab.pathology import load_thumbnail
+
+    return [(load_thumbnail(h), h.title) for h in hits]
+
+
+def _status(hits: list[Any], what: str, key: str) -> str:
+    if not hits:
+        return f"No results for {what}."
+    return f"{len(hits)} best matches for {what} with **{_model_name(key)}** (cosine similarity, 1 = identical direction)."
+
+
+@ui_errors
+def pathology_search(query: str, k: int = 8, model: str = "plip",
+                     progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
+    """Text -> the k most similar indexed images, with similarity scores and captions."""
+    from medlab.pathology import search_text
+
+    hits = search_text(query, k=int(k), key=model, progress=progress_callback(progress))
+    return _gallery(hits), [h.id for h in hits], _status(hits, f'"{query.strip()}"', model)
+
+
+@ui_errors
+def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
+                      progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
+    """Image -> the k most similar indexed images ("more like this"); an indexed image comes back first."""
+    from medlab.errors import InputError
+    from medlab.pathology import search_image
+
+    if not image:
+        raise InputError("Upload a tile to search with.")
+    hits = search_image(image, k=int(k), key=model, progress=progress_callback(progress))
+    return _gallery(hits), [h.id for h in hits], _status(hits, "the uploaded tile", model)
+
+
+@ui_errors
+def more_like_this(selected: str | None, k: int = 8, model: str = "plip") -> tuple[list[tuple[Any, str]], list[str], str]:
+    from medlab.errors import InputError
+    from medlab.pathology import search_image
+
+    if not selected:
+        raise InputError("Click a result in the gallery first, then 'More like this'.")
+    hits = search_image(item_id=selected, k=int(k), key=model)
+    return _gallery(hits), [h.id for h in hits], _status(hits, "the selected tile (shown first)", model)
+
+
+def _select(ids: list[str] | None, evt: gr.SelectData) -> tuple[str | None, str]:
+    if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
+        return None, ""
+    return ids[int(evt.index)], f"Selected result {int(evt.index) + 1}. Press **More like this**."
+
+
+def _label(result: dict[str, Any]) -> dict[str, float] | None:
+    return result["probs"] if result and result.get("probs") else None
+
+
+@ui_errors
+def pathology_zero_shot(
+    image: str | None,
+    labels: str = DEFAULT_LABELS_TEXT,
+    template: str = DEFAULT_TEMPLATE,
+    progress: gr.Progress = gr.Progress(),
+) -> tuple[dict[str, float] | None, dict[str, float] | None, str]:
+    """Zero-shot label probabilities for one tile: PLIP and, side by side, general CLIP."""
+    from medlab.pathology import zero_shot
+
+    out = zero_shot(image, labels, template, progress=progress_callback(progress))
+    notes = []
+    for key in MODELS:
+        res = out[key]
+        if res["probs"] is None:
+            notes.append(f"❌ **{_model_name(key)}** could not run: {res['error']}")
+        else:
+            top = max(res["probs"], key=res["probs"].get)
+            notes.append(f"**{_model_name(key)}**: top label *{top}* ({res['probs'][top]:.1%}).")
+    notes.append("Probabilities are relative to the labels given; they are not a diagnosis.")
+    return _label(out.get("plip")), _label(out.get("clip_baseline")), "\n\n".join(notes)
+
+
+@ui_errors
+def pathology_index(
+    zip_file: str | None,
+    folder: str = "",
+    models: list[str] | None = None,
+    progress: gr.Progress = gr.Progress(),
+) -> str:
+    """Add images to the index from an uploaded .zip (or an allowed server folder)."""
+    from medlab.errors import InputError
+    from medlab.pathology import check_index_root, index_folder, index_zip
+
+    keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
+    report = progress_callback(progress)
+    if not zip_file and not (folder or "").strip():
+        raise InputError("Upload a .zip of images or give a folder on the server.")
+    lines = []
+    for n, key in enumerate(keys):
+        def sub(fraction: float, message: str, n: int = n) -> None:
+            report((n + fraction) / len(keys), f"[{_model_name(key)}] {message}")
+
+        if zip_file:
+            result = index_zip(zip_file, key=key, name=Path(zip_file).name, progress=sub)
+        else:
+            result = index_folder(check_index_root(folder.strip()), key=key, progress=sub)
+        lines.append("- " + result.summary())
+    return "**Index updated.**\n" + "\n".join(lines)
+
+
+@ui_errors
+def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.Progress()) -> str:
+    from medlab.pathology import index_examples as engine_index
+
+    keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
+    return "**Example tiles indexed.**\n" + "\n".join(
+        "- " + engine_index(key, progress=progress_callback(progress)).summary() for key in keys
+    )
+
+
+def index_status() -> str:
+    """Size of each model's index (no model load; chromadb only)."""
+    try:
+        from medlab.pathology import EMPTY_INDEX_HELP, index_info
+
+        lines = []
+        for key in MODELS:
+            info = index_info(key)
+            if info["error"]:
+                lines.append(f"- {_model_name(key)}: unavailable ({info['error']})")
+            else:
+                lines.append(f"- {_model_name(key)}: **{info['count']}** images (collection `{info['collection']}`)")
+        text = "**Image index**\n" + "\n".join(lines)
+        if index_info("plip")["count"] == 0:
+            text += "\n\n" + EMPTY_INDEX_HELP.format(model="PLIP") + " Or press **Index the example tiles**."
+        return text
+    except Exception as exc:  # noqa: BLE001 - a status line must never break the page
+        log.warning("index status unavailable: %s", exc)
+        return f"Image index status unavailable ({type(exc).__name__}: {exc})."
+
+
+def _example_tiles() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
 
 
 def build() -> None:
     disclaimer()
-    gr.Markdown("This tab is being built.")
+    availability_banner("plip", "clip_baseline")
+    gr.Markdown(INTRO)
+    status = gr.Markdown(index_status)
+    hits_state = gr.State([])
+    selected = gr.State(None)
+
+    with gr.Row():
+        with gr.Column(scale=1):
+            gr.Markdown("#### Text → image")
+            query = gr.Textbox(label="Describe the tissue", placeholder="tumor epithelium with irregular glands")
+            with gr.Row():
+                k = gr.Slider(1, 32, value=8, step=1, label="Results (k)")
+                model = gr.Radio(MODEL_CHOICES, value="plip", label="Search with")
+            search = gr.Button("Search", variant="primary")
+            gr.Examples([["colorectal adenocarcinoma epithelium"], ["lymphocytes"], ["adipose tissue"],
+                         ["mucus"], ["glands stained brown by immunohistochemistry"]],
+                        inputs=[query], label="Example queries", cache_examples=False)
+            gr.Markdown("#### Image → image")
+            query_image = gr.Image(type="filepath", label="Find tiles like this one", height=220)
+            similar = gr.Button("Search with this image")
+            examples = _example_tiles()
+            if examples:
+                gr.Examples([[p] for p in examples], inputs=[query_image],
+                            label="Example tiles (scikit-image IHC, see assets/ATTRIBUTION.md)", cache_examples=False)
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Best matches (similarity · caption)", columns=4, height=520,
+                                 object_fit="contain", allow_preview=True)
+            result_note = gr.Markdown()
+            with gr.Row():
+                selection = gr.Markdown()
+                more = gr.Button("More like this", variant="secondary")
+
+    search_outputs = [gallery, hits_state, result_note]
+    search.click(pathology_search, inputs=[query, k, model], outputs=search_outputs, api_name="pathology_search",
+                 concurrency_limit=2, concurrency_id="pathology")
+    query.submit(pathology_search, inputs=[query, k, model], outputs=search_outputs, api_visibility="private",
+                 concurrency_limit=2, concurrency_id="pathology")
+    similar.click(pathology_similar, inputs=[query_image, k, model], outputs=search_outputs,
+                  api_name="pathology_similar", concurrency_limit=2, concurrency_id="pathology")
+    gallery.select(_select, inputs=[hits_state], outputs=[selected, selection], api_visibility="private")
+    more.click(more_like_this, inputs=[selected, k, model], outputs=search_outputs, api_visibility="private",
+               concurrency_limit=2, concurrency_id="pathology")
+
+    gr.Markdown("---\n#### Zero-shot classification: PLIP beside general CLIP")
+    with gr.Row():
+        with gr.Column(scale=1):
+            zs_image = gr.Image(type="filepath", label="H&E tile", height=260)
+            labels = gr.Textbox(value=DEFAULT_LABELS_TEXT, label="Labels (comma-separated)", lines=3,
+                                info="Default: the 9 Kather colon tissue classes (NCT-CRC-HE).")
+            template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Prompt template",
+                                  info="{label} is replaced by each label; try other wordings and watch the probabilities move.")
+            classify = gr.Button("Classify", variant="primary")
+            if examples:
+                gr.Examples([[p] for p in examples[:2]], inputs=[zs_image], label="Example tiles", cache_examples=False)
+        with gr.Column(scale=1):
+            plip_out = gr.Label(label="PLIP", num_top_classes=9)
+        with gr.Column(scale=1):
+            clip_out = gr.Label(label="General CLIP", num_top_classes=9)
+    zs_notes = gr.Markdown()
+    classify.click(pathology_zero_shot, inputs=[zs_image, labels, template], outputs=[plip_out, clip_out, zs_notes],
+                   api_name="pathology_zero_shot", concurrency_limit=2, concurrency_id="pathology")
+
+    with gr.Accordion("Build the index (add images)", open=False):
+        gr.Markdown(
+            "Upload a **.zip** of PNG/JPEG/TIFF tiles. Optional: a CSV beside the images with columns "
+            "`file,label,caption` — the caption shows under each result. Images are identified by "
+            "their content (SHA-256): adding the same image again adds nothing; re-uploading a zip "
+            "with the same name replaces what it added before. Unsafe archives (paths with `..`, "
+            "absolute paths, links, zip bombs) are refused as a whole; non-image files are skipped "
+            "and listed. Each model has its own index: PLIP and CLIP embeddings never mix."
+        )
+        with gr.Row():
+            zip_file = gr.File(label="Images (.zip)", file_types=[".zip"], type="filepath")
+            with gr.Column():
+                folder = gr.Textbox(value="", label="…or a folder on the server",
+                                    info="Only inside the data dir, assets/pathology or MEDLAB_INDEX_ROOTS.")
+                models = gr.CheckboxGroup(MODEL_CHOICES, value=["plip"], label="Index for")
+        with gr.Row():
+            build_btn = gr.Button("Add to index", variant="primary")
+            examples_btn = gr.Button("Index the example tiles")
+            refresh = gr.Button("Refresh status")
+        index_report = gr.Markdown()
+    build_btn.click(pathology_index, inputs=[zip_file, folder, models], outputs=index_report,
+                    api_name="pathology_index", concurrency_limit=1, concurrency_id="pathology_index").then(
+        index_status, outputs=status, api_visibility="private")
+    examples_btn.click(index_examples, inputs=[models], outputs=index_report, api_visibility="private",
+                       concurrency_limit=1, concurrency_id="pathology_index").then(
+        index_status, outputs=status, api_visibility="private")
+    refresh.click(index_status, outputs=status, api_visibility="private")
+
+    model_card("plip", "Model card: PLIP")
+    model_card("clip_baseline", "Model card: general CLIP baseline")
