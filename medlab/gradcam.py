@@ -1,0 +1,270 @@
+"""Grad-CAM for any image classifier the app loads, with pytorch-grad-cam.
+
+- The target layer is found automatically: the last convolutional stage for CNN families
+  (transformers ResNet / ConvNext / EfficientNet / RegNet..., timm models through
+  TimmWrapper) and the last block's first norm for token models (ViT / DeiT / DINOv2 /
+  Swin), whose (B, tokens, C) activations are reshaped to a (B, C, h, w) grid. A spec may
+  name the layer itself: params["target_layer"] = "module.path".
+- Cost: every parameter has requires_grad=False and a forward hook re-roots the target
+  layer's output as a fresh leaf that requires grad, so the backward pass only runs through
+  the head above the target layer (the benchmark target is <= 1.6x a plain forward).
+- Hooks live only for one call: the CAM object is used as a context manager and our own
+  hook is removed in a finally block. One lock per model keeps concurrent requests from
+  seeing each other's activations."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medlab.errors import ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@dataclass
+class TargetLayer:
+    module: Any
+    name: str
+    family: str  # "cnn" or "tokens"
+    reshape_transform: Callable[[Any], Any] | None = None
+
+
+@dataclass
+class CamResult:
+    cam: np.ndarray  # (h, w) float32 in [0, 1], model-input resolution
+    logits: Any  # (1, C) CPU tensor from the same forward pass
+    class_index: int
+    layer: str
+
+
+# -- finding the target layer --------------------------------------------------------------
+def _named(model: Any, path: str) -> Any:
+    module = model
+    for part in path.split("."):
+        if not part:
+            continue
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def _path_of(model: Any, module: Any) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    return "?"
+
+
+def tokens_to_grid(tensor: Any, aspect: float = 1.0) -> Any:
+    """(B, N, C) tokens -> (B, C, h, w). Leading prefix tokens (CLS, distillation, registers)
+    are dropped: the smallest prefix p for which N - p factors into an h x w grid with the
+    input's aspect ratio is used. (B, h, w, C) channels-last maps (timm Swin) are permuted."""
+    if tensor.dim() == 4:
+        return tensor.permute(0, 3, 1, 2) if tensor.shape[-1] > tensor.shape[1] else tensor
+    if tensor.dim() != 3:
+        raise ValueError(f"cannot reshape activations of shape {tuple(tensor.shape)} into a grid")
+    b, n, c = tensor.shape
+    for prefix in range(0, min(n, 17)):
+        count = n - prefix
+        h = max(1, round(math.sqrt(count * aspect)))
+        for hh in (h, h - 1, h + 1):
+            if hh > 0 and count % hh == 0:
+                w = count // hh
+                if abs(math.log((hh / w) / aspect)) < 0.35:
+                    return tensor[:, prefix:, :].reshape(b, hh, w, c).permute(0, 3, 1, 2)
+    raise ValueError(f"cannot find a token grid in {n} tokens")
+
+
+def find_target_layer(model: Any, override: str | None = None) -> TargetLayer:
+    """The layer to explain for a transformers / TimmWrapper classifier (see module doc)."""
+    import torch
+
+    if override:
+        try:
+            module = _named(model, override)
+        except (AttributeError, IndexError, ValueError) as exc:
+            raise ModelUnavailableError(
+                getattr(model, "name_or_path", "model"),
+                f"target_layer {override!r} does not exist in {type(model).__name__} ({exc}).",
+                "fix params['target_layer'] in the spec (a dotted module path, e.g. "
+                "'resnet.encoder.stages.3').",
+            ) from None
+        family = "tokens" if _looks_like_token_model(model) else "cnn"
+        return TargetLayer(module, override, family, _token_reshape if family == "tokens" else None)
+
+    inner = getattr(model, "timm_model", None)
+    if inner is not None:  # transformers TimmWrapper around a timm model
+        return _timm_target(model, inner)
+
+    if _looks_like_token_model(model):
+        return _transformer_target(model)
+
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
+    encoder = getattr(base, "encoder", None)
+    if encoder is not None and hasattr(encoder, "top_activation"):  # EfficientNet: conv head
+        module = encoder.top_activation
+    elif encoder is not None and hasattr(encoder, "stages"):  # ResNet, ConvNext(V2), RegNet...
+        module = encoder.stages[-1]
+    else:  # any other CNN: the last Conv2d in registration (= execution) order
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        if not convs:
+            raise ModelUnavailableError(
+                "model", f"no convolution or transformer block found in {type(model).__name__}.",
+                "set params['target_layer'] in the spec to the module Grad-CAM should explain.",
+            )
+        module = convs[-1]
+    return TargetLayer(module, _path_of(model, module), "cnn")
+
+
+def _looks_like_token_model(model: Any) -> bool:
+    name = type(model).__name__.lower()
+    return any(tag in name for tag in ("vit", "deit", "dinov2", "swin", "beit", "dino")) and "mobilevit" not in name
+
+
+def _token_reshape(tensor: Any, aspect: float = 1.0) -> Any:
+    return tokens_to_grid(tensor, aspect)
+
+
+def _transformer_target(model: Any) -> TargetLayer:
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
+    if "swin" in type(model).__name__.lower() and hasattr(base, "layernorm"):
+        module = base.layernorm  # final norm of the last stage, right before pooling
+    else:
+        # the last transformer block (layout differs across versions: encoder.layer, layers...)
+        blocks = [m for name, m in base.named_modules()
+                  if name and any(hasattr(m, n) for n in ("layernorm_before", "norm1"))]
+        if not blocks:
+            raise ModelUnavailableError("model", f"no transformer block found in {type(model).__name__}.",
+                                        "set params['target_layer'] in the spec.")
+        last = blocks[-1]
+        module = getattr(last, "layernorm_before", None) or last.norm1
+    return TargetLayer(module, _path_of(model, module), "tokens", _token_reshape)
+
+
+def _timm_target(model: Any, timm_model: Any) -> TargetLayer:
+    if hasattr(timm_model, "blocks") and hasattr(timm_model, "patch_embed") and hasattr(timm_model.blocks[-1], "norm1"):
+        module = timm_model.blocks[-1].norm1  # timm ViT / DeiT / EVA
+        return TargetLayer(module, _path_of(model, module), "tokens", _token_reshape)
+    if hasattr(timm_model, "layers") and "swin" in type(timm_model).__name__.lower():
+        module = timm_model.layers[-1]  # channels-last (B, h, w, C)
+        return TargetLayer(module, _path_of(model, module), "tokens", _token_reshape)
+    for name in ("bn2", "final_conv", "conv_head"):  # EfficientNet/MobileNet conv head (+BN+act)
+        if hasattr(timm_model, name):
+            module = getattr(timm_model, name)
+            return TargetLayer(module, _path_of(model, module), "cnn")
+    info = getattr(timm_model, "feature_info", None)
+    if info:
+        last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        module = _named(timm_model, last)
+        return TargetLayer(module, _path_of(model, module), "cnn")
+    import torch
+
+    convs = [m for m in timm_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return TargetLayer(convs[-1], _path_of(model, convs[-1]), "cnn")
+
+
+# -- the CAM --------------------------------------------------------------------------------
+def _lock_for(model: Any) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(model), threading.Lock())
+
+
+def _reroot(module: Any, args: Any, output: Any) -> Any:  # noqa: ARG001 - forward-hook signature
+    """Make the target layer's output a new leaf that requires grad: autograd then records
+    only the layers above it, so backward never walks the (frozen) backbone."""
+    if isinstance(output, tuple):
+        return (output[0].detach().requires_grad_(True), *output[1:])
+    return output.detach().requires_grad_(True)
+
+
+def grad_cam(
+    model: Any,
+    pixel_values: Any,
+    class_index: int | None = None,
+    target_layer: str | None = None,
+) -> CamResult:
+    """One forward + a head-only backward: logits and the Grad-CAM map of `class_index`
+    (default: the predicted class), normalised to [0, 1] at model-input resolution."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from medlab.classify import logits_module
+
+    layer = find_target_layer(model, target_layer)
+    wrapped = logits_module(model)
+    aspect = pixel_values.shape[-2] / pixel_values.shape[-1]
+    reshape = None
+    if layer.reshape_transform is not None:
+        def reshape(t: Any) -> Any:  # noqa: E306 - closure over the input's aspect ratio
+            return layer.reshape_transform(t, aspect)
+
+    with _lock_for(model):
+        for p in model.parameters():  # inference model: nothing below the head needs grads
+            if p.requires_grad:
+                p.requires_grad_(False)
+        handle = layer.module.register_forward_hook(_reroot)  # registered first: runs first
+        try:
+            with torch.enable_grad(), GradCAM(model=wrapped, target_layers=[layer.module],
+                                              reshape_transform=reshape) as cam:
+                targets = None if class_index is None else [ClassifierOutputTarget(int(class_index))]
+                grayscale = cam(input_tensor=pixel_values, targets=targets)
+                logits = cam.outputs.detach().float().cpu()
+        finally:
+            handle.remove()
+    chosen = int(logits.argmax(-1).item()) if class_index is None else int(class_index)
+    heat = np.nan_to_num(np.asarray(grayscale[0], dtype=np.float32))
+    top = float(heat.max())
+    heat = heat / top if top > 0 else heat  # pytorch-grad-cam already min-max scales; keep [0,1]
+    return CamResult(np.clip(heat, 0.0, 1.0), logits, chosen, layer.name)
+
+
+def place_in_input(cam: np.ndarray, box: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
+    """Map a model-input CAM back onto the original image: resized into the region the model
+    saw (`box`, see classify.visible_box); zero outside it."""
+    import cv2
+
+    left, top, right, bottom = (int(round(v)) for v in box)
+    right, bottom = min(max(right, left + 1), width), min(max(bottom, top + 1), height)
+    full = np.zeros((height, width), dtype=np.float32)
+    full[top:bottom, left:right] = cv2.resize(cam, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    return np.clip(full, 0.0, 1.0)
+
+
+def overlay(image: Any, heat: np.ndarray, opacity: float = 0.4,
+            box: tuple[float, float, float, float] | None = None) -> Any:
+    """Jet-coloured heat map blended over `image` (PIL, same size as `heat`) with `opacity`
+    (document 001 uses 0.4). Outside `box` (what the model never saw) the image is left as is."""
+    import cv2
+    from PIL import Image
+
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError("opacity must be between 0 and 1")
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if heat.shape != base.shape[:2]:
+        raise ValueError(f"heat map {heat.shape} does not match the image {base.shape[:2]}")
+    colour = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32)
+    blended = (1.0 - opacity) * base + opacity * colour
+    if box is not None:
+        left, top, right, bottom = (int(round(v)) for v in box)
+        mask = np.zeros(heat.shape, dtype=bool)
+        mask[top:bottom, left:right] = True
+        blended[~mask] = base[~mask]
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
+
+
+def jet_colours(n: int = 9) -> list[str]:
+    """Hex colours of the jet colormap from low to high (for a legend)."""
+    import cv2
+
+    ramp = cv2.applyColorMap(np.linspace(0, 255, n).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET)
+    return ["#%02x%02x%02x" % tuple(int(c) for c in px[0][::-1]) for px in ramp]

@@ -1,0 +1,147 @@
+"""Lung-CT classification (benign / malignant / normal, IQ-OTH/NCCD style) with Grad-CAM,
+document 001's defer-to-expert rule and the input gate.
+
+One entry point takes one file that may be PNG/JPEG or DICOM (DICOM is windowed, lung window
+by default). The forward pass and the Grad-CAM are one pass: the CAM's forward gives the
+logits, and only the head above the target layer is differentiated."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medlab import classify, gate
+from medlab.cache import Progress
+from medlab.errors import InputError
+from medlab.registry import ModelSpec, get_spec
+
+log = logging.getLogger(__name__)
+
+KEY = "lung_ct"
+PREDICTED = "predicted"
+DEFAULT_OPACITY = 0.4  # document 001 blends the heat map at alpha 0.4
+
+
+@dataclass
+class DeferDecision:
+    deferred: bool
+    scenario: str
+    threshold: float
+    top_label: str
+    top_probability: float
+
+    @property
+    def text(self) -> str:
+        if self.deferred:
+            return (f"⚠️ **Recommend further examination.** The most likely class, *{self.top_label}*, has "
+                    f"only {self.top_probability:.1%}, below the {self.threshold:.0%} required in the "
+                    f"*{self.scenario}* scenario, so no class is reported (defer to an expert).")
+        return (f"**{self.top_label.capitalize()}** ({self.top_probability:.1%}) — above the "
+                f"{self.threshold:.0%} required in the *{self.scenario}* scenario.")
+
+
+def scenarios(spec: ModelSpec | None = None) -> dict[str, float]:
+    spec = spec or get_spec(KEY)
+    return {str(k): float(v) for k, v in dict(spec.params.get("defer_scenarios", {})).items()}
+
+
+def defer(probabilities: Mapping[str, float], scenario: str | None = None,
+          spec: ModelSpec | None = None) -> DeferDecision:
+    """Document 001's rule: if the top probability is below the scenario's threshold, the case
+    is 'recommended for further examination' instead of getting a class."""
+    spec = spec or get_spec(KEY)
+    table = scenarios(spec)
+    scenario = scenario or str(spec.params.get("default_scenario", "routine"))
+    if scenario not in table:
+        raise InputError(f"Unknown scenario {scenario!r}; choose one of {', '.join(table)}.")
+    top_label, top_p = max(probabilities.items(), key=lambda kv: kv[1])
+    threshold = table[scenario]
+    return DeferDecision(top_p < threshold, scenario, threshold, top_label, float(top_p))
+
+
+@dataclass
+class LungResult:
+    probabilities: dict[str, float]  # app classes: benign / malignant / normal
+    defer: DeferDecision
+    overlay: Any  # PIL RGB, same size as the decoded input
+    heatmap: np.ndarray  # (H, W) in [0, 1] on the input image, 0 outside what the model saw
+    explained_class: str
+    gate: gate.GateResult
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly result (the /lung_classify summary output)."""
+        return {
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "prediction": None if self.defer.deferred else self.defer.top_label,
+            "deferred": self.defer.deferred,
+            "defer_text": self.defer.text,
+            "scenario": self.defer.scenario,
+            "scenario_threshold": self.defer.threshold,
+            "explained_class": self.explained_class,
+            "gate": self.gate.to_dict(),
+            "input": self.info,
+        }
+
+
+def classify_lung(
+    path: str | os.PathLike[str],
+    window: str = "lung",
+    scenario: str | None = None,
+    explain: str = PREDICTED,
+    opacity: float = DEFAULT_OPACITY,
+    progress: Progress | None = None,
+) -> LungResult:
+    """Decode (image or DICOM) -> gate -> preprocess -> forward+Grad-CAM -> postprocess."""
+    from medlab.gradcam import grad_cam, overlay, place_in_input
+    from medlab.imaging import load_any
+    from medlab.loaders import get_model
+
+    if not path:
+        raise InputError("No file was given. Upload a CT slice (PNG/JPEG or DICOM).")
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise InputError("Opacity must be between 0 and 1.")
+    spec = get_spec(KEY)
+    if scenario is not None and scenario not in scenarios(spec):
+        raise InputError(f"Unknown scenario {scenario!r}; choose one of {', '.join(scenarios(spec))}.")
+    decoded = load_any(path, window=window)
+    verdict = gate.check_lung_ct(decoded.image, decoded.kind, decoded.info)
+
+    loaded = get_model(KEY, progress)
+    labels = classify.model_labels(loaded.model)
+    mapped = classify.map_labels(labels, spec)
+    order = list(spec.labels) or sorted(set(mapped))
+    class_index = None
+    explained = PREDICTED
+    if explain and explain != PREDICTED:
+        if explain not in order:
+            raise InputError(f"Cannot explain {explain!r}; choose '{PREDICTED}' or one of {', '.join(order)}.")
+        # explain the model class with the highest share of that app class (usually the only one)
+        candidates = [i for i, m in enumerate(mapped) if m == explain]
+        if not candidates:
+            raise InputError(f"This checkpoint has no class mapped to {explain!r}.")
+        class_index, explained = candidates[0], explain
+
+    pixel_values = classify.preprocess(loaded, decoded.image)
+    cam = grad_cam(loaded.model, pixel_values, class_index, spec.params.get("target_layer") or None)
+    probs = classify.probabilities(cam.logits)
+    app_probs = classify.aggregate(list(probs), labels, mapped, order)
+    if explained == PREDICTED:
+        explained = f"{mapped[cam.class_index]} (predicted)"
+
+    width, height = decoded.image.size
+    box = classify.visible_box(loaded.processor, width, height)
+    heat = place_in_input(cam.cam, box, width, height)
+    image = overlay(decoded.image, heat, float(opacity), box)
+    info = {k: v for k, v in decoded.info.items()
+            if k in ("format", "width", "height", "modality", "window", "units", "note", "frames", "frame")}
+    info["kind"] = decoded.kind
+    info["cam_layer"] = cam.layer
+    info["model_saw"] = [round(v, 1) for v in box]
+    info["model_saw_whole_image"] = box == (0.0, 0.0, float(width), float(height))
+    return LungResult(app_probs, defer(app_probs, scenario, spec), image, heat, explained, verdict, info)
