@@ -244,3 +244,59 @@ def test_zip_upload_indexes_images_and_reports_skipped_files(pdata: Path) -> Non
     assert "set/broken.png" in skipped
     again = pathology.index_zip(pdata / "upload.zip")
     assert again.added == 0 and again.unchanged == 3
+
+
+def test_build_script_indexes_a_local_folder(pdata: Path) -> None:
+    from training.build_pathology_index import main
+
+    make_tiles(pdata / "tiles", n=4, seed=17)
+    assert main(["--folder", str(pdata / "tiles"), "--models", "plip,clip_baseline"]) == 0
+    assert pathology.image_collection("plip").count() == 4
+    assert pathology.image_collection("clip_baseline").count() == 4
+    assert main(["--folder", str(pdata / "tiles"), "--models", "nope"]) == 2
+
+
+def test_bundled_example_tiles_index_and_server_folders_are_restricted(pdata: Path) -> None:
+    report = pathology.index_examples("plip")
+    assert report.added == 4 and not report.skipped
+    hit = pathology.search_text("colonic glands", k=1)[0]
+    assert "immunohistochemistry" in hit.caption
+    with pytest.raises(pathology.InputError, match="outside the folders"):
+        pathology.check_index_root("/etc")
+
+
+def test_kill_9_during_indexing_leaves_a_resumable_index(pdata: Path) -> None:
+    """A SIGKILL mid-run must not leave half state: the re-run completes the index exactly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = pdata / "many"
+    paths = make_tiles(folder, n=48, seed=23, size=32)
+    script = (
+        "import sys\n"
+        "from medlab.pathology import index_folder\n"
+        "def progress(f, m):\n"
+        "    print(m, flush=True)\n"
+        "    if 'Encoded' in m: __import__('time').sleep(0.3)\n"
+        f"index_folder({str(folder)!r}, batch_size=4, progress=progress)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ), cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.time() + 120
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Encoded 12/") or time.time() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    report = pathology.index_folder(folder)  # resumes
+    assert report.total == 48 and 0 < report.unchanged < 48 and report.added == 48 - report.unchanged
+    col = pathology.image_collection("plip")
+    got = col.get(include=["metadatas"])
+    assert sorted(got["ids"]) == sorted({_sha(p) for p in paths})
+    assert all(Path(m["thumb"]).is_file() for m in got["metadatas"])
