@@ -1,13 +1,98 @@
-"""PLACEHOLDER - replaced by the issue that builds this tab."""
+"""Skin-lesion tab: classifier (left) with the tuned threshold, its "uncertain" band and the
+input gate; the melanoma assistant (tabs.assistant) on the right, as in document 000's
+dashboard. API: /skin_classify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from tabs.common import disclaimer
+from tabs import assistant
+from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "skin"
+REFERENCE = ASSETS / "reference"  # reference/benign/*.png|jpg, reference/malignant/*.png|jpg
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _explanation() -> str:
+    from medlab.registry import get_spec
+    from medlab.skin import decision_threshold, explanation
+
+    spec = get_spec("skin")
+    threshold, source = decision_threshold(spec)
+    return explanation(threshold, float(spec.params.get("uncertain_band", 0.1)), source)
+
+
+@ui_errors
+def skin_classify(image: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+    """Classify one skin-lesion photo.
+
+    Returns (benign/malignant probabilities, decision markdown incl. the input gate,
+    the checkpoint's own class probabilities, threshold explanation, JSON summary)."""
+    from medlab.skin import classify_skin, explanation
+
+    result = classify_skin(image, progress=progress_callback(progress))
+    p = result.malignant_probability
+    flagged = result.gate.flagged
+    head = "### ⚠️ Off-domain input: prediction shown for illustration only\n\n" if flagged else ""
+    decision_md = head + result.decision.text(p) + "\n\n" + result.gate.markdown()
+    bars = {"malignant": p, "benign": 1.0 - p}
+    lo, hi = result.decision.band
+    expl = explanation(result.decision.threshold, (hi - lo) / 2.0, result.threshold_source)
+    return bars, decision_md, result.class_probabilities, expl, result.summary()
+
+
+def _reference_images() -> list[tuple[str, str]]:
+    items = []
+    for kind in ("benign", "malignant"):
+        folder = REFERENCE / kind
+        if folder.is_dir():
+            items += [(str(p), kind) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return items
+
 
 def build() -> None:
     disclaimer()
-    gr.Markdown("This tab is being built.")
+    availability_banner("skin")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            gr.Markdown("### Skin-lesion classifier\nUpload a dermoscopic or close-up photo of a skin lesion. "
+                        "The model gives a probability of *malignant*; the decision uses a tuned threshold "
+                        "and says **uncertain** near it. An input gate warns when the photo does not look "
+                        "like skin.")
+            image = gr.Image(type="filepath", label="Skin-lesion photo", sources=["upload", "clipboard"],
+                             height=300)
+            run = gr.Button("Classify", variant="primary")
+            examples = [p for p in (ASSETS / "synthetic_lesion.png", ASSETS / "offdomain_cat_chelsea.jpg") if p.is_file()]
+            if examples:
+                gr.Examples([[str(p)] for p in examples], inputs=[image], cache_examples=False,
+                            example_labels=["synthetic lesion (drawn, not a patient)", "a cat (off-domain: the gate should flag it)"][: len(examples)],
+                            label="Examples (see assets/ATTRIBUTION.md)")
+            bars = gr.Label(label="Probability (benign / malignant)", num_top_classes=2)
+            decision = gr.Markdown()
+            with gr.Accordion("The model's own classes", open=False):
+                classes = gr.Label(label="Class probabilities (checkpoint labels)", num_top_classes=8)
+            explanation = gr.Markdown(_explanation)
+            with gr.Accordion("Summary (JSON, as returned by /skin_classify)", open=False):
+                summary = gr.JSON(label="summary")
+            with gr.Accordion("Reference images: benign vs malignant", open=False):
+                refs = _reference_images()
+                if refs:
+                    gr.Gallery(refs, label="Reference images (licences in assets/ATTRIBUTION.md)", columns=4,
+                               height="auto")
+                else:
+                    gr.Markdown("No licensed reference images ship with the app. Add benign and malignant "
+                                "examples under `assets/skin/reference/benign/` and "
+                                "`assets/skin/reference/malignant/` (PNG/JPEG, e.g. CC-licensed ISIC images) "
+                                "and list their licences in `assets/ATTRIBUTION.md`; they appear here.")
+            model_card("skin")
+        with gr.Column(scale=1):
+            assistant.build()
+    run.click(skin_classify, inputs=[image], outputs=[bars, decision, classes, explanation, summary],
+              api_name="skin_classify")
