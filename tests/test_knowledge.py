@@ -153,25 +153,25 @@ def test_uploaded_pdf_survives_a_restart(kb: Path, tmp_path: Path) -> None:
     assert knowledge.ingest().chunks_embedded == 0
 
 
-@pytest.mark.parametrize("kind", ["not_pdf", "encrypted", "no_text", "wrong_suffix"])
-def test_bad_uploads_are_rejected_and_change_nothing(kb: Path, tmp_path: Path, kind: str) -> None:
-    knowledge.ingest()
-    col = knowledge.collection()
-    before = col.count()
+def _bad_upload(kind: str, tmp_path: Path) -> tuple[Path, str]:
     if kind == "not_pdf":
         bad = tmp_path / "notes.pdf"
         bad.write_text("This is plain text pretending to be a PDF.")
-        expect = "not a PDF"
-    elif kind == "encrypted":
-        bad = make_pdf(tmp_path / "secret.pdf", [PLANTED], encrypt=True)
-        expect = "encrypted"
-    elif kind == "no_text":
-        bad = make_pdf(tmp_path / "scan.pdf", ["", ""], text=False)
-        expect = "no extractable text"
-    else:
-        bad = make_pdf(tmp_path / "notes.docx", [PLANTED])
-        expect = "only PDF"
-    with pytest.raises(knowledge.InputError, match=expect):
-        knowledge.add_document(bad)
-    assert col.count() == before
-    assert not knowledge.uploads_dir().exists() or list(knowledge.uploads_dir().iterdir()) == []
+        return bad, "not a PDF"
+    if kind == "encrypted":
+        return make_pdf(tmp_path / "secret.pdf", [PLANTED], encrypt=True), "encrypted"
+    if kind == "no_text":
+        return make_pdf(tmp_path / "scan.pdf", ["", ""], text=False), "no extractable text"
+    return make_pdf(tmp_path / "notes.docx", [PLANTED]), "only PDF"
+
+
+def test_bad_uploads_are_rejected_and_change_nothing(kb: Path, tmp_path: Path) -> None:
+    knowledge.ingest()
+    col = knowledge.collection()
+    before = sorted(col.get(include=[])["ids"])
+    for kind in ("not_pdf", "encrypted", "no_text", "wrong_suffix"):
+        bad, expect = _bad_upload(kind, tmp_path)
+        with pytest.raises(knowledge.InputError, match=expect):
+            knowledge.add_document(bad)
+        assert sorted(col.get(include=[])["ids"]) == before, kind
+        assert not knowledge.uploads_dir().exists() or list(knowledge.uploads_dir().iterdir()) == [], kind
