@@ -334,7 +334,7 @@ def load_radiograph(image: Any) -> Any:
     from PIL import Image
 
     if image is None:
-        raise InputError("Please upload a radiograph (PNG, JPEG or DICOM).")
+        raise InputError("Please upload a radiograph image first.")
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     from medlab.imaging import load_any

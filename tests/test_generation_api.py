@@ -64,7 +64,7 @@ def test_radiograph_caption_without_image_is_a_clear_error(live_app: tuple[str, 
     from gradio_client.exceptions import AppError
 
     _, client = live_app
-    with pytest.raises(AppError, match="upload a radiograph"):
+    with pytest.raises(AppError, match="upload a radiograph image"):
         client.predict(None, api_name="/radiograph_caption")
 
 

@@ -182,7 +182,7 @@ def test_bad_inputs_fail_before_any_model_load(use_tiny_models: dict[str, str], 
     not_image.write_text("this is text, not a PNG")
     with pytest.raises(UnsupportedFileError):
         caption(not_image)
-    with pytest.raises(InputError, match="upload a radiograph"):
+    with pytest.raises(InputError, match="upload a radiograph image"):
         caption(None)
     with pytest.raises(InstructionError):
         caption(PHANTOM, "x" * 5000)
