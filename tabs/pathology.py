@@ -182,7 +182,11 @@ def build() -> None:
     disclaimer()
     availability_banner("plip", "clip_baseline")
     gr.Markdown(INTRO)
-    status = gr.Markdown(index_status)
+    # Filled on each page load (not at build time: opening chromadb at start-up costs ~1 s).
+    status = gr.Markdown("**Image index**: checking…")
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(index_status, outputs=status, api_visibility="private")
     hits_state = gr.State([])
     selected = gr.State(None)
 

@@ -175,3 +175,18 @@ def test_bad_uploads_are_rejected_and_change_nothing(kb: Path, tmp_path: Path) -
             knowledge.add_document(bad)
         assert sorted(col.get(include=[])["ids"]) == before, kind
         assert not knowledge.uploads_dir().exists() or list(knowledge.uploads_dir().iterdir()) == [], kind
+
+
+def test_chroma_host_switches_to_a_server_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDLAB_CHROMA_HOST/PORT select chromadb.HttpClient; an unreachable server is a clear error."""
+    from medlab import vectorstore
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MEDLAB_CHROMA_HOST", "127.0.0.1")
+    monkeypatch.setenv("MEDLAB_CHROMA_PORT", str(port))
+    vectorstore.reset_clients()
+    assert vectorstore._client_key() == ("http", "127.0.0.1", str(port))
+    with pytest.raises(vectorstore.VectorStoreError, match=f"chroma server 127.0.0.1:{port}.*MEDLAB_CHROMA_HOST"):
+        vectorstore.get_client()
+    vectorstore.reset_clients()
