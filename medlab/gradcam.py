@@ -64,24 +64,48 @@ def _path_of(model: Any, module: Any) -> str:
     return "?"
 
 
-def tokens_to_grid(tensor: Any, aspect: float = 1.0) -> Any:
+def tokens_to_grid(tensor: Any, aspect: float = 1.0, grid: tuple[int, int] | None = None) -> Any:
     """(B, N, C) tokens -> (B, C, h, w). Leading prefix tokens (CLS, distillation, registers)
-    are dropped: the smallest prefix p for which N - p factors into an h x w grid with the
-    input's aspect ratio is used. (B, h, w, C) channels-last maps (timm Swin) are permuted."""
+    are dropped. With `grid` (from the model's patch size) the prefix is N - h*w; without it,
+    the split whose h x w best matches the input's aspect ratio wins (then the smallest
+    prefix). (B, h, w, C) channels-last maps (timm Swin) are permuted."""
     if tensor.dim() == 4:
         return tensor.permute(0, 3, 1, 2) if tensor.shape[-1] > tensor.shape[1] else tensor
     if tensor.dim() != 3:
         raise ValueError(f"cannot reshape activations of shape {tuple(tensor.shape)} into a grid")
     b, n, c = tensor.shape
+    if grid is not None and 0 <= n - grid[0] * grid[1] <= 16:
+        h, w = grid
+        return tensor[:, n - h * w:, :].reshape(b, h, w, c).permute(0, 3, 1, 2)
+    best: tuple[float, int, int, int] | None = None
     for prefix in range(0, min(n, 17)):
         count = n - prefix
-        h = max(1, round(math.sqrt(count * aspect)))
-        for hh in (h, h - 1, h + 1):
-            if hh > 0 and count % hh == 0:
-                w = count // hh
-                if abs(math.log((hh / w) / aspect)) < 0.35:
-                    return tensor[:, prefix:, :].reshape(b, hh, w, c).permute(0, 3, 1, 2)
-    raise ValueError(f"cannot find a token grid in {n} tokens")
+        for h in range(1, count + 1):
+            if count % h:
+                continue
+            w = count // h
+            error = abs(math.log((h / w) / aspect))
+            if error < 0.35 and (best is None or (error, prefix) < (best[0], best[1])):
+                best = (error, prefix, h, w)
+    if best is None:
+        raise ValueError(f"cannot find a token grid in {n} tokens")
+    _, prefix, h, w = best
+    return tensor[:, prefix:, :].reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def patch_grid(model: Any, height: int, width: int) -> tuple[int, int] | None:
+    """(h, w) patch grid of a plain ViT-like model for an input of height x width, if known."""
+    patch = getattr(getattr(model, "config", None), "patch_size", None)
+    timm_model = getattr(model, "timm_model", None)
+    if timm_model is not None and hasattr(timm_model, "patch_embed"):
+        patch = getattr(timm_model.patch_embed, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        ph, pw = int(patch[0]), int(patch[1])
+    elif isinstance(patch, int):
+        ph = pw = patch
+    else:
+        return None
+    return height // ph, width // pw
 
 
 def find_target_layer(model: Any, override: str | None = None) -> TargetLayer:
@@ -130,8 +154,8 @@ def _looks_like_token_model(model: Any) -> bool:
     return any(tag in name for tag in ("vit", "deit", "dinov2", "swin", "beit", "dino")) and "mobilevit" not in name
 
 
-def _token_reshape(tensor: Any, aspect: float = 1.0) -> Any:
-    return tokens_to_grid(tensor, aspect)
+def _token_reshape(tensor: Any, aspect: float = 1.0, grid: tuple[int, int] | None = None) -> Any:
+    return tokens_to_grid(tensor, aspect, grid)
 
 
 def _transformer_target(model: Any) -> TargetLayer:
@@ -202,11 +226,14 @@ def grad_cam(
 
     layer = find_target_layer(model, target_layer)
     wrapped = logits_module(model)
-    aspect = pixel_values.shape[-2] / pixel_values.shape[-1]
+    height, width = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+    aspect = height / width
+    # Swin's final norm sits after patch merging: its grid is not the patch grid
+    grid = None if "swin" in type(model).__name__.lower() else patch_grid(model, height, width)
     reshape = None
     if layer.reshape_transform is not None:
-        def reshape(t: Any) -> Any:  # noqa: E306 - closure over the input's aspect ratio
-            return layer.reshape_transform(t, aspect)
+        def reshape(t: Any) -> Any:  # noqa: E306 - closure over the input's geometry
+            return layer.reshape_transform(t, aspect, grid)
 
     with _lock_for(model):
         for p in model.parameters():  # inference model: nothing below the head needs grads
