@@ -24,6 +24,7 @@ from medlab.impression import (
     ImpressionUpdate,
 )
 from medlab.metrics import ROUGE_TYPES
+from medlab.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def _notes_markdown(update: ImpressionUpdate) -> str:
 
 
 @ui_errors
+@gpu(duration=60)  # ZeroGPU only; a no-op elsewhere
 def impression(
     findings: str,
     reference: str = "",
@@ -83,6 +85,7 @@ def impression(
 
 
 @ui_errors
+@gpu(duration=300)
 def impression_batch(
     file: str | None,
     num_beams: int = DEFAULT_BEAMS,

@@ -16,6 +16,7 @@ from medlab.radiograph import (
     MAX_NEW_TOKENS_LIMIT,
     CaptionSettings,
 )
+from medlab.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Radiograph captioning"
@@ -59,6 +60,7 @@ def _backend_markdown() -> str:
 
 
 @ui_errors
+@gpu(duration=120)  # ZeroGPU only; a no-op elsewhere
 def radiograph_caption(
     image: str | None,
     instruction: str = DEFAULT_INSTRUCTION,
@@ -76,6 +78,7 @@ def radiograph_caption(
 
 
 @ui_errors
+@gpu(duration=180)
 def compare_adapter(
     image: str | None,
     instruction: str = DEFAULT_INSTRUCTION,
@@ -97,8 +100,12 @@ def compare_adapter(
 
 
 def build() -> None:
+    from medlab.config import load_settings
+
     disclaimer()
-    availability_banner("captioner", "captioner_adapter")
+    # With a remote server the local weights do not matter: no "cannot run here" banner.
+    if not load_settings().captioner_endpoint:
+        availability_banner("captioner", "captioner_adapter")
     gr.Markdown(INTRO)
     gr.Markdown(_backend_markdown)
     with gr.Row():
