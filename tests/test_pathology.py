@@ -300,3 +300,39 @@ def test_kill_9_during_indexing_leaves_a_resumable_index(pdata: Path) -> None:
     got = col.get(include=["metadatas"])
     assert sorted(got["ids"]) == sorted({_sha(p) for p in paths})
     assert all(Path(m["thumb"]).is_file() for m in got["metadatas"])
+
+
+def test_open_clip_hub_source_loads_safetensors_from_the_hf_cache(
+        use_tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (Hub) clip_baseline path: open_clip_config.json + open_clip_model.safetensors
+    fetched with hf_hub_download (here served offline from a hand-made HF cache) and loaded as
+    open_clip "local-dir"; a repo without safetensors is unavailable (never random weights)."""
+    import torch
+
+    from medlab.loaders import get_model, reset_cache
+    from medlab.registry import get_spec
+
+    repo = get_spec("clip_baseline").default_source
+    tiny = Path(use_tiny_models["MEDLAB_MODEL_CLIP_BASELINE"])
+    hub = tmp_path / "hub"
+    snap = hub / f"models--{repo.replace('/', '--')}" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("a" * 40)
+    shutil.copy(tiny / "open_clip_config.json", snap / "open_clip_config.json")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.delenv("MEDLAB_MODEL_CLIP_BASELINE")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(hub))
+
+    with pytest.raises(pathology.ModelUnavailableError, match="not in the local Hugging Face cache"):
+        get_model("clip_baseline")  # config cached, weights missing: refused, not random weights
+    reset_cache()
+    shutil.copy(tiny / "open_clip_model.safetensors", snap / "open_clip_model.safetensors")
+    lm = get_model("clip_baseline")
+    from safetensors.torch import load_file
+
+    expected = load_file(str(tiny / "open_clip_model.safetensors"))
+    assert torch.equal(lm.model.state_dict()["text_projection"].cpu(), expected["text_projection"])
+
