@@ -162,10 +162,9 @@ def test_zero_shot_uses_each_models_logit_scale(pdata: Path) -> None:
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    src = pdata  # noqa: F841 - the tiny dir comes from the env
     import os
 
-    d = os.environ["MEDLAB_MODEL_PLIP"]
+    d = os.environ["MEDLAB_MODEL_PLIP"]  # the tiny checkpoint the engine loaded
     model, proc = CLIPModel.from_pretrained(d).eval(), CLIPProcessor.from_pretrained(d)
     labels = ["fat", "tumour"]
     with torch.no_grad():
