@@ -119,50 +119,45 @@ def _place(model: Any, device: str) -> Any:
 
 
 # -- the standard loaders ---------------------------------------------------------------
+def _load_pretrained(
+    spec: ModelSpec,
+    source: ModelSource,
+    device: str,
+    progress: Progress,
+    model_class: str,
+    processor_class: str,
+) -> LoadedModel:
+    """from_pretrained a transformers model class and its processor class by name, with the
+    safety rules of hub_kwargs and errors translated for the user."""
+    _prepare(spec, source)
+    with translate_load_errors(source):
+        import transformers
+
+        kwargs = hub_kwargs(source)
+        progress(0.2, f"Reading {spec.key} preprocessing ({processor_class})")
+        processor = getattr(transformers, processor_class).from_pretrained(
+            source.location, **{k: v for k, v in kwargs.items() if k != "use_safetensors"}
+        )
+        progress(0.4, f"Reading {spec.key} weights")
+        model = getattr(transformers, model_class).from_pretrained(source.location, **kwargs)
+    return LoadedModel(spec.key, _place(model, device), processor, device, source)
+
+
 def load_image_classifier(
     spec: ModelSpec, source: ModelSource, device: str, progress: Progress
 ) -> LoadedModel:
     """Any AutoModelForImageClassification dir/repo (incl. timm via TimmWrapper)."""
-    _prepare(spec, source)
-    with translate_load_errors(source):
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-        progress(0.2, f"Reading {spec.key} image processor")
-        processor = AutoImageProcessor.from_pretrained(
-            source.location, **{k: v for k, v in hub_kwargs(source).items() if k != "use_safetensors"}
-        )
-        progress(0.4, f"Reading {spec.key} weights")
-        model = AutoModelForImageClassification.from_pretrained(source.location, **hub_kwargs(source))
-    return LoadedModel(spec.key, _place(model, device), processor, device, source)
+    return _load_pretrained(spec, source, device, progress, "AutoModelForImageClassification", "AutoImageProcessor")
 
 
 def load_seq2seq(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
-    _prepare(spec, source)
-    with translate_load_errors(source):
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        progress(0.2, f"Reading {spec.key} tokenizer")
-        tokenizer = AutoTokenizer.from_pretrained(
-            source.location, **{k: v for k, v in hub_kwargs(source).items() if k != "use_safetensors"}
-        )
-        progress(0.4, f"Reading {spec.key} weights")
-        model = AutoModelForSeq2SeqLM.from_pretrained(source.location, **hub_kwargs(source))
-    return LoadedModel(spec.key, _place(model, device), tokenizer, device, source)
+    """AutoModelForSeq2SeqLM + its tokenizer (FLAN-T5 and friends)."""
+    return _load_pretrained(spec, source, device, progress, "AutoModelForSeq2SeqLM", "AutoTokenizer")
 
 
 def load_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
     """transformers CLIPModel + CLIPProcessor (PLIP's format)."""
-    _prepare(spec, source)
-    with translate_load_errors(source):
-        from transformers import CLIPModel, CLIPProcessor
-
-        progress(0.2, f"Reading {spec.key} processor")
-        processor = CLIPProcessor.from_pretrained(
-            source.location, **{k: v for k, v in hub_kwargs(source).items() if k != "use_safetensors"}
-        )
-        progress(0.4, f"Reading {spec.key} weights")
-        model = CLIPModel.from_pretrained(source.location, **hub_kwargs(source))
-    return LoadedModel(spec.key, _place(model, device), processor, device, source)
+    return _load_pretrained(spec, source, device, progress, "CLIPModel", "CLIPProcessor")
 
 
 def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:

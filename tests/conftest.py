@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,34 +70,35 @@ def use_tiny_models(tiny_model_env: dict[str, str], monkeypatch: pytest.MonkeyPa
     return tiny_model_env
 
 
-@pytest.fixture(scope="session")
-def live_app(tiny_model_env: dict[str, str]) -> Iterator[tuple[str, object]]:
-    """The whole app, served on a free port with every tiny model configured.
-
-    Yields (url, gradio_client.Client)."""
-    saved = {k: os.environ.get(k) for k in tiny_model_env}
-    os.environ.update(tiny_model_env)
+@contextmanager
+def serve_app(env: dict[str, str]) -> Iterator[str]:
+    """Build and launch the whole app with `env` applied (restored afterwards); yields its URL."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     import app as app_module
-    from gradio_client import Client
 
-    demo = app_module.build_app()
-    port = free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **{k: v for k, v in app_module.launch_kwargs("127.0.0.1", port, False).items()
-           if k not in ("server_name", "server_port", "share")},
-    )
-    url = f"http://127.0.0.1:{port}/"
-    client = Client(url, verbose=False)
     try:
-        yield url, client
+        demo = app_module.build_app()
+        port = free_port()
+        demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_kwargs("127.0.0.1", port, False))
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            demo.close()
     finally:
-        demo.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def live_app(tiny_model_env: dict[str, str]) -> Iterator[tuple[str, object]]:
+    """The whole app, served on a free port with every tiny model configured.
+
+    Yields (url, gradio_client.Client)."""
+    from gradio_client import Client
+
+    with serve_app(tiny_model_env) as url:
+        yield url, Client(url, verbose=False)

@@ -5,43 +5,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextmanager
-def serve(env: dict[str, str]) -> Iterator[str]:
-    """Launch the app with extra environment; yields its URL."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import app as app_module
-
-    demo = app_module.build_app()
-    port = free_port()
-    kwargs = app_module.launch_kwargs("127.0.0.1", port, False)
-    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        demo.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="module")
 def plain_app() -> Iterator[str]:
-    with serve({"MEDLAB_MAX_UPLOAD_MB": "2"}) as url:
-        yield url
+    with serve_app({"MEDLAB_MAX_UPLOAD_MB": "2"}) as url:
+        yield url.rstrip("/")
 
 
 @pytest.mark.parametrize(
@@ -123,7 +100,8 @@ def test_one_gigabyte_upload_is_cut_off_at_the_limit(plain_app: str) -> None:
 def test_login_required_when_medlab_auth_is_set() -> None:
     from gradio_client import Client
 
-    with serve({"MEDLAB_AUTH": "teacher:s3cret"}) as url:
+    with serve_app({"MEDLAB_AUTH": "teacher:s3cret"}) as url:
+        url = url.rstrip("/")
         resp = httpx.post(f"{url}/gradio_api/call/model_status", json={"data": []}, timeout=10)
         assert resp.status_code in (401, 403)
         with pytest.raises(Exception):
