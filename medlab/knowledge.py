@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medlab.config import PROJECT_ROOT, load_settings
-from medlab.errors import CorruptFileError, InputError, UnsupportedFileError
+from medlab.errors import CorruptFileError, InputError, MedlabError, UnsupportedFileError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ CHUNK_CHARS = 700
 OVERLAP_CHARS = 150
 MIN_PDF_TEXT_CHARS = 20
 SKIP_SECTIONS = {"sources", "references", "source"}
+# Optional generated answer: the registry key of a seq2seq model (e.g. "impression", FLAN-T5)
+# that rewrites the retrieved passages into an answer. Off by default: the extractive answer
+# cannot invent anything; a generator can, so its output is shown only when most of its words
+# occur in the cited passages (GROUNDING_MIN).
+GENERATOR_ENV = "MEDLAB_ASSISTANT_GENERATOR"
+GROUNDING_MIN = 0.7
 
 _INGEST_LOCK = threading.Lock()
 _READY: set[str] = set()  # collection identities ingested in this process
@@ -93,6 +100,9 @@ class Answer:
     passages: list[Passage] = field(default_factory=list)
     best_score: float = 0.0
     floor: float = SIMILARITY_FLOOR
+    generated: str | None = None  # grounded generated answer (only when a generator is configured)
+    generator: str | None = None
+    generator_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,7 +116,14 @@ class Answer:
     def markdown(self) -> str:
         if not self.covered:
             return self.answer
-        lines = [self.answer, "", "**Sources**"]
+        lines = []
+        if self.generated:
+            lines += [f"**Generated answer** ({self.generator}, written from the passages below; check them):",
+                      "", self.generated, "", "**From the documents:**", ""]
+        lines += [self.answer]
+        if self.generator_note:
+            lines += ["", f"*{self.generator_note}*"]
+        lines += ["", "**Sources**"]
         for i, p in enumerate(self.passages, 1):
             lines.append(f"{i}. {p.citation} — similarity {p.score:.2f}")
         return "\n".join(lines)
@@ -458,7 +475,51 @@ def ask(question: str, k: int = 4, floor: float = SIMILARITY_FLOOR, progress: Pr
         )
         return Answer(question, False, msg, [], best, floor)
     kept = [p for p in passages if p.score >= floor]
-    return Answer(question, True, _extractive(question, kept), kept, best, floor)
+    answer = Answer(question, True, _extractive(question, kept), kept, best, floor)
+    key = os.environ.get(GENERATOR_ENV, "").strip()
+    if key:
+        answer.generator = key
+        try:
+            text = generate(key, question, kept, progress)
+        except MedlabError as exc:  # the extractive answer stands on its own
+            answer.generator_note = f"No generated answer: {exc}"
+        else:
+            support = grounding(text, kept)
+            if text and support >= GROUNDING_MIN:
+                answer.generated = text
+            else:
+                answer.generator_note = (
+                    f"The generated answer was withheld: only {support:.0%} of its words occur in the "
+                    f"cited passages (needs {GROUNDING_MIN:.0%})."
+                )
+    return answer
+
+
+def generate(key: str, question: str, passages: list[Passage], progress: Progress | None = None) -> str:
+    """A seq2seq model's answer written from the passages only (prompted to stay inside them)."""
+    import torch
+
+    from medlab.loaders import get_model
+
+    lm = get_model(key, progress)
+    context = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages[:3], 1))
+    prompt = (
+        "Answer the question using only the context. If the context does not contain the answer, "
+        f"say that the documents do not say.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
+    )
+    enc = lm.processor(prompt, return_tensors="pt", truncation=True, max_length=512).to(lm.device)
+    with torch.inference_mode():
+        out = lm.model.generate(**enc, max_new_tokens=96, num_beams=2, do_sample=False)
+    return lm.processor.decode(out[0], skip_special_tokens=True).strip()
+
+
+def grounding(text: str, passages: list[Passage]) -> float:
+    """Share of the generated text's content words (4+ letters) that occur in the passages."""
+    words = re.findall(r"[a-z]{4,}", (text or "").lower())
+    if not words:
+        return 0.0
+    source = " ".join(p.text for p in passages).lower()
+    return sum(w in source for w in words) / len(words)
 
 
 def _extractive(question: str, passages: list[Passage], max_sentences: int = 3) -> str:

@@ -190,3 +190,27 @@ def test_chroma_host_switches_to_a_server_client(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(vectorstore.VectorStoreError, match=f"chroma server 127.0.0.1:{port}.*MEDLAB_CHROMA_HOST"):
         vectorstore.get_client()
     vectorstore.reset_clients()
+
+
+def test_optional_generator_is_shown_only_when_grounded(kb: Path, use_tiny_models: dict[str, str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDLAB_ASSISTANT_GENERATOR=impression runs the (tiny, random) seq2seq model on the passages;
+    its output is withheld unless its words come from the cited passages; off-topic questions
+    never reach the generator."""
+    monkeypatch.setenv(knowledge.GENERATOR_ENV, "impression")
+    answer = knowledge.ask("What does the E in the ABCDE rule stand for?")
+    assert answer.covered and answer.generator == "impression" and "Evolving" in answer.answer
+    if answer.generated is None:  # random weights write words that are not in the passages
+        assert "withheld" in answer.generator_note
+    else:
+        assert knowledge.grounding(answer.generated, answer.passages) >= knowledge.GROUNDING_MIN
+
+    calls: list[str] = []
+    monkeypatch.setattr(knowledge, "generate", lambda key, q, ps, progress=None: calls.append(q) or
+                        "E is for Evolving: the mole is changing in size, shape or colour.")
+    grounded = knowledge.ask("What does the E in the ABCDE rule stand for?")
+    assert grounded.generated and "**Generated answer** (impression" in grounded.markdown()
+    monkeypatch.setattr(knowledge, "generate", lambda key, q, ps, progress=None: "Pizza margherita was invented in 1889.")
+    assert knowledge.ask("What does the E in the ABCDE rule stand for?").generated is None
+    declined = knowledge.ask("Where can I get the best pizza in Naples?")
+    assert not declined.covered and declined.generator is None and len(calls) == 1
