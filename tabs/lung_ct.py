@@ -104,7 +104,9 @@ def build() -> None:
     gr.Markdown(
         "**Defer rule (document 001).** If the highest class probability is below the scenario's threshold, "
         "the result is *recommend further examination* instead of a class. A stricter scenario defers more cases "
-        "and is right more often on the rest (document 001: at 0.7, 7.3% deferred, accuracy 0.953 on the rest)."
+        "and is right more often on the rest (document 001: at 0.7, 7.3% deferred, accuracy 0.953 on the rest). "
+        "Note: with three classes the top probability is always at least 33%, so the screening threshold (0.3) "
+        "never defers; it only matters for models with four or more classes."
     )
     model_card("lung_ct")
     run.click(lung_classify, inputs=[file, window, scenario, explain, opacity],
