@@ -156,3 +156,45 @@ def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     steps = [(h["phase"], h["epoch"]) for h in second["history"]]
     assert steps == [(1, 1), (2, 1), (2, 2), (2, 3)]  # continued, did not start over
     assert second["history"][:2] == first["history"]
+
+
+@pytest.mark.browser
+def test_model_card_accordion_shows_the_plots(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared model-card accordion (tabs.common.model_card, used by every tab) renders the
+    evaluation section and the plots of a freshly evaluated lung model; saves a screenshot."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    import gradio as gr
+
+    from tabs.common import model_card
+    from tests.conftest import ARTIFACTS, free_port
+    from training import evaluate_classifier
+
+    data, out = trained
+    if not (out / "evaluation.json").exists():
+        evaluate_classifier.main(["--model", str(out), "--data", str(data), "--split", "test", "--key", "lung_ct"])
+    monkeypatch.setenv("MEDLAB_MODEL_LUNG_CT", str(out))
+    with gr.Blocks() as demo:
+        model_card("lung_ct")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    shots = ARTIFACTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(chromium), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.get_by_text("Model card").first.click()
+            page.get_by_text("Evaluation report").first.wait_for(timeout=20_000)
+            page.locator("img").first.wait_for(timeout=20_000)
+            assert page.locator("img").count() >= 6  # the six evaluation plots in the gallery
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / "lung_ct_model_card.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()

@@ -45,12 +45,12 @@ def test_finetune_then_rouge_report(base_t5: Path, tmp_path: Path, monkeypatch: 
     from medlab.metrics import rouge
     from training import evaluate_impression, finetune_impression
 
-    train = write_jsonl(tmp_path / "train.jsonl", make_reports(96, seed=0))
+    train = write_jsonl(tmp_path / "train.jsonl", make_reports(64, seed=0))
     test = write_jsonl(tmp_path / "test.jsonl", make_reports(16, seed=1))
     out = tmp_path / "tuned"
     summary = finetune_impression.train(finetune_impression.parse_args([
-        "--model", str(base_t5), "--train", str(train), "--out", str(out), "--epochs", "12", "--batch-size", "8",
-        "--lr", "3e-3", "--val-fraction", "0.1", "--seed", "0", "--warmup-ratio", "0.05",
+        "--model", str(base_t5), "--train", str(train), "--out", str(out), "--epochs", "5", "--batch-size", "8",
+        "--lr", "1e-2", "--val-fraction", "0.1", "--seed", "0", "--warmup-ratio", "0.05",
     ]))
     assert summary["history"][-1]["val_loss"] < summary["initial_val_loss"] * 0.5
     assert not (out / "checkpoint").exists()
