@@ -18,7 +18,7 @@ THRESHOLD_RULE = "minimise |FNR - max(FPR, 0.1)| over the ROC thresholds (docume
 FPR_FLOOR = 0.1
 # Document 001: a case whose top probability is below the scenario threshold is deferred.
 DEFER_SCENARIOS: Mapping[str, float] = {"screening": 0.3, "routine": 0.5, "high-risk confirmation": 0.7}
-MISSED_POSITIVE_COST = 2.0  # document 001: missing a malignant case costs twice a other error
+MISSED_POSITIVE_COST = 2.0  # document 001: missing a malignant case costs twice any other error
 
 
 def _check(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

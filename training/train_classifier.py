@@ -257,7 +257,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         import json
 
         saved = json.loads(splits_path.read_text())
-        splits = {k: [folder.ids().index(s) for s in saved[k]] for k in ("train", "val", "test")}
+        position = {s: i for i, s in enumerate(folder.ids())}
+        splits = {k: [position[s] for s in saved[k]] for k in ("train", "val", "test")}
     else:
         splits = stratified_split(folder, args.val_fraction, args.test_fraction, args.seed)
         ids = folder.ids()
