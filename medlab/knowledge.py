@@ -50,6 +50,7 @@ SKIP_SECTIONS = {"sources", "references", "source"}
 # occur in the cited passages (GROUNDING_MIN).
 GENERATOR_ENV = "MEDLAB_ASSISTANT_GENERATOR"
 GROUNDING_MIN = 0.7
+GENERATE_MAX_NEW_TOKENS = 96
 
 _INGEST_LOCK = threading.Lock()
 _READY: set[str] = set()  # collection identities ingested in this process
@@ -509,7 +510,7 @@ def generate(key: str, question: str, passages: list[Passage], progress: Progres
     )
     enc = lm.processor(prompt, return_tensors="pt", truncation=True, max_length=512).to(lm.device)
     with torch.inference_mode():
-        out = lm.model.generate(**enc, max_new_tokens=96, num_beams=2, do_sample=False)
+        out = lm.model.generate(**enc, max_new_tokens=GENERATE_MAX_NEW_TOKENS, num_beams=2, do_sample=False)
     return lm.processor.decode(out[0], skip_special_tokens=True).strip()
 
 
