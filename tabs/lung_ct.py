@@ -74,7 +74,8 @@ def build() -> None:
                         "file (windowed in HU; lung window by default). The model says benign / malignant / "
                         "normal, shows where it looked, and **defers to an expert** when it is not sure enough "
                         "for the chosen scenario.")
-            file = gr.File(label="CT slice (PNG, JPEG or DICOM .dcm)", type="filepath", file_count="single")
+            file = gr.File(label="CT slice (PNG, JPEG or DICOM .dcm)", type="filepath", file_count="single",
+                           elem_id="lung-file")
             with gr.Row():
                 window = gr.Dropdown(WINDOW_CHOICES, value="lung", label="DICOM window",
                                      info="lung: C −600 / W 1500 HU; ignored for PNG/JPEG")
@@ -83,7 +84,7 @@ def build() -> None:
             with gr.Row():
                 explain = gr.Dropdown(EXPLAIN_CHOICES, value="predicted", label="Class to explain")
                 opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heat-map opacity")
-            run = gr.Button("Classify", variant="primary")
+            run = gr.Button("Classify", variant="primary", elem_id="lung-run")
             examples = [p for p in (ROOT / "lung" / "CT_small.dcm", ROOT / "lung" / "ct_small_lung_window.png",
                                     ROOT / "skin" / "offdomain_cat_chelsea.jpg") if p.is_file()]
             if examples:
@@ -96,9 +97,9 @@ def build() -> None:
             probs = gr.Label(label="Benign / malignant / normal", num_top_classes=3,
                              show_heading=False)  # the verdict (class or defer) is in the text below
             overlay = gr.Image(label="Grad-CAM overlay (same size as the input)", type="pil", format="png",
-                               interactive=False, height=360)
+                               interactive=False, height=360, elem_id="lung-overlay")
             gr.HTML(LEGEND)
-            verdict = gr.Markdown()
+            verdict = gr.Markdown(elem_id="lung-verdict")
             with gr.Accordion("Summary (JSON, as returned by /lung_classify)", open=False):
                 summary = gr.JSON(label="summary")
     gr.Markdown(

@@ -67,15 +67,16 @@ def build() -> None:
                         "and says **uncertain** near it. An input gate warns when the photo does not look "
                         "like skin.")
             image = gr.Image(type="filepath", label="Skin-lesion photo", sources=["upload", "clipboard"],
-                             height=300)
-            run = gr.Button("Classify", variant="primary")
+                             height=300, elem_id="skin-image")
+            run = gr.Button("Classify", variant="primary", elem_id="skin-run")
             examples = [p for p in (ASSETS / "synthetic_lesion.png", ASSETS / "offdomain_cat_chelsea.jpg") if p.is_file()]
             if examples:
                 gr.Examples([[str(p)] for p in examples], inputs=[image], cache_examples=False,
                             example_labels=["synthetic lesion (drawn, not a patient)", "a cat (off-domain: the gate should flag it)"][: len(examples)],
                             label="Examples (see assets/ATTRIBUTION.md)")
-            bars = gr.Label(label="Probability (benign / malignant)", num_top_classes=2)
-            decision = gr.Markdown()
+            bars = gr.Label(label="Probability (benign / malignant)", num_top_classes=2,
+                            show_heading=False)  # the decision (with its band) is in the text below
+            decision = gr.Markdown(elem_id="skin-decision")
             with gr.Accordion("The model's own classes", open=False):
                 classes = gr.Label(label="Class probabilities (checkpoint labels)", num_top_classes=8)
             explanation = gr.Markdown(_explanation)
