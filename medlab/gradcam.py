@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from medlab.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
-_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()  # per model
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -199,7 +200,7 @@ def _timm_target(model: Any, timm_model: Any) -> TargetLayer:
 # -- the CAM --------------------------------------------------------------------------------
 def _lock_for(model: Any) -> threading.Lock:
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(id(model), threading.Lock())
+        return _LOCKS.setdefault(model, threading.Lock())
 
 
 def _reroot(module: Any, args: Any, output: Any) -> Any:  # noqa: ARG001 - forward-hook signature

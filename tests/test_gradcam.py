@@ -264,3 +264,38 @@ def test_tokens_to_grid_uses_the_patch_grid_when_known() -> None:
     assert gradcam.tokens_to_grid(t, 1.0, grid=(4, 4)).shape == (1, 4, 4, 4)
     model, _ = _vit()
     assert gradcam.patch_grid(model, 32, 48) == (4, 6)
+
+
+@pytest.mark.parametrize("kind", ["convnext", "deit", "vit", "timm"])
+def test_visible_box_matches_what_the_processor_keeps(kind: str) -> None:
+    """Feed a coordinate ramp (R = x, G = y) through the real processor and check that the
+    kept region's corners are where classify.visible_box says (within 2% of the side)."""
+    from PIL import Image
+    from transformers import ConvNextImageProcessor, DeiTImageProcessor, ViTImageProcessor
+
+    if kind == "timm":
+        pytest.importorskip("timm")
+        from transformers import TimmWrapperImageProcessor
+
+        processor = TimmWrapperImageProcessor(pretrained_cfg={
+            "input_size": (3, 64, 64), "crop_pct": 0.8, "crop_mode": "center", "interpolation": "bilinear",
+            "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}, architecture="test_resnet")
+        mean, std = np.zeros(3), np.ones(3)
+    else:
+        processor = {
+            "convnext": lambda: ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875),
+            "deit": lambda: DeiTImageProcessor(size={"height": 80, "width": 80}, crop_size={"height": 64, "width": 64}),
+            "vit": lambda: ViTImageProcessor(size={"height": 64, "width": 64}),
+        }[kind]()
+        mean, std = np.array(processor.image_mean), np.array(processor.image_std)
+    width, height = 400, 300
+    ramp = np.zeros((height, width, 3), dtype=np.uint8)
+    ramp[..., 0] = np.linspace(0, 255, width)[None, :].round()
+    ramp[..., 1] = np.linspace(0, 255, height)[:, None].round()
+    out = processor(images=Image.fromarray(ramp), return_tensors="pt")["pixel_values"][0].numpy()
+    rgb = out.transpose(1, 2, 0) * std + mean  # back to 0..1
+    left, top, right, bottom = classify.visible_box(processor, width, height)
+    x_seen = rgb[rgb.shape[0] // 2, [0, -1], 0] * (width - 1)
+    y_seen = rgb[[0, -1], rgb.shape[1] // 2, 1] * (height - 1)
+    assert abs(x_seen[0] - left) < 0.02 * width and abs(x_seen[1] - right) < 0.02 * width, (x_seen, left, right)
+    assert abs(y_seen[0] - top) < 0.02 * height and abs(y_seen[1] - bottom) < 0.02 * height, (y_seen, top, bottom)
