@@ -87,7 +87,7 @@ def model_card(key: str, label: str = "Model card") -> None:
     with gr.Accordion(label, open=False):
         gr.Markdown(lambda: card_markdown(key))
         gr.Gallery(plots, label="Evaluation plots (from the report next to the weights)", columns=3,
-                   height="auto", show_label=True)
+                   height="auto", object_fit="contain", show_label=True)
 
 
 def availability_banner(*keys: str) -> gr.Markdown:
