@@ -181,18 +181,23 @@ def logit_scale(key: str) -> float:
 def parse_labels(labels: str | Sequence[str] | None) -> list[str]:
     if labels is None or (isinstance(labels, str) and not labels.strip()):
         return list(DEFAULT_LABELS)
+    if isinstance(labels, str) and len(labels) > MAX_LABELS * 122:
+        raise InputError(f"The labels text is too long ({len(labels)} characters); give at most {MAX_LABELS} labels.")
     items = re.split(r"[,\n;]", labels) if isinstance(labels, str) else list(labels)
     out: list[str] = []
+    seen: set[str] = set()
     for item in items:
-        item = str(item).strip()
-        if item and item.lower() not in {o.lower() for o in out}:
+        # Control characters cannot mean anything in a label; drop them rather than fail.
+        item = re.sub(r"[\x00-\x1f\x7f]", "", str(item)).strip()
+        if item and item.lower() not in seen:
             if len(item) > 120:
                 raise InputError(f"Label {item[:30]!r}... is too long (over 120 characters).")
+            seen.add(item.lower())
             out.append(item)
+            if len(out) > MAX_LABELS:
+                raise InputError(f"At most {MAX_LABELS} labels at a time.")
     if len(out) < 2:
         raise InputError("Give at least two different labels, separated by commas.")
-    if len(out) > MAX_LABELS:
-        raise InputError(f"At most {MAX_LABELS} labels at a time (got {len(out)}).")
     return out
 
 

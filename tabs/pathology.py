@@ -32,6 +32,28 @@ always sum to 1 over the labels you give, even when none of them fits.
 """
 
 
+class TolerantImage(gr.Image):
+    """gr.Image (type="filepath", image_mode=None: the uploaded bytes, untouched) whose
+    preprocessing never fails: a file PIL cannot open (text named .png, truncated JPEG,
+    decompression bomb) is passed on as its upload path so the engine's image checks explain
+    exactly what is wrong, instead of gradio's generic "the upstream app raised an exception"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("type", "filepath")
+        kwargs.setdefault("image_mode", None)
+        super().__init__(**kwargs)
+
+    def get_block_name(self) -> str:
+        return "image"  # the frontend renders it as the ordinary Image component
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - medlab.imaging.load_image reports the precise problem
+            path = getattr(payload, "path", None)
+            return str(path) if path else None
+
+
 def _model_name(key: str) -> str:
     return dict((v, k) for k, v in MODEL_CHOICES).get(key, key)
 
@@ -202,7 +224,7 @@ def build() -> None:
                          ["mucus"], ["glands stained brown by immunohistochemistry"]],
                         inputs=[query], label="Example queries", cache_examples=False)
             gr.Markdown("#### Image → image")
-            query_image = gr.Image(type="filepath", label="Find tiles like this one", height=220)
+            query_image = TolerantImage(label="Find tiles like this one", height=220)
             similar = gr.Button("Search with this image")
             examples = _example_tiles()
             if examples:
@@ -230,7 +252,7 @@ def build() -> None:
     gr.Markdown("---\n#### Zero-shot classification: PLIP beside general CLIP")
     with gr.Row():
         with gr.Column(scale=1):
-            zs_image = gr.Image(type="filepath", label="H&E tile", height=260)
+            zs_image = TolerantImage(label="H&E tile", height=260)
             labels = gr.Textbox(value=DEFAULT_LABELS_TEXT, label="Labels (comma-separated)", lines=3,
                                 info="Default: the 9 Kather colon tissue classes (NCT-CRC-HE).")
             template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Prompt template",
