@@ -33,10 +33,26 @@ TAB_MODULES: tuple[str, ...] = (
     "tabs.about",
 )
 
-# Queue limits (see README "Limits and safety"): a bounded waiting line, and by default one
-# model call at a time per event so a classroom burst queues instead of exhausting memory.
+# Queue limits (see README "Limits and safety"): a bounded waiting line (the 65th waiting
+# request is told the queue is full instead of waiting for ever), and a small default.
 QUEUE_MAX_SIZE = 64
 DEFAULT_CONCURRENCY = 2
+# Every event that runs a model forward shares ONE lane: a classroom burst on several tabs
+# queues for the one accelerator instead of stacking 10+ forwards in memory at once. Engines
+# that hold model-wide state (captioner adapter toggle, Grad-CAM hooks) also lock per model.
+GPU_CONCURRENCY_ID = "gpu"
+GPU_CONCURRENCY = 2
+# Long bulk jobs (index a zip, add a PDF, evaluate a batch file) get their own single lane so
+# one educator's upload never takes both interactive slots.
+BULK_CONCURRENCY_ID = "bulk"
+BULK_CONCURRENCY = 1
+# Handler function names (tabs/*.py) per lane. A test checks that every public event is
+# either here or known to be model-free, so a new model event cannot slip past the policy.
+GPU_EVENTS = frozenset({
+    "skin_classify", "lung_classify", "radiograph_caption", "compare_adapter", "impression",
+    "pathology_search", "pathology_similar", "more_like_this", "pathology_zero_shot", "assistant_ask",
+})
+BULK_EVENTS = frozenset({"impression_batch", "pathology_index", "index_examples", "assistant_add_document"})
 
 CSS = """
 .medlab-disclaimer blockquote { border-left: 4px solid #d97706; background: #fffbeb; }
@@ -53,8 +69,62 @@ def build_app() -> gr.Blocks:
                 module = importlib.import_module(name)
                 with gr.Tab(module.TITLE, id=module.TAB_ID):
                     module.build()
+    apply_queue_policy(demo)
+    atomic_image_cache_writes()
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
+
+
+def apply_queue_policy(demo: gr.Blocks) -> None:
+    """Put every model event in the shared GPU lane and every bulk job in the bulk lane
+    (overrides what a tab set: the queue policy lives here, in one place)."""
+    for fn in demo.fns.values():
+        name = getattr(fn, "name", None)
+        if name in GPU_EVENTS:
+            fn.concurrency_id, fn.concurrency_limit = GPU_CONCURRENCY_ID, GPU_CONCURRENCY
+        elif name in BULK_EVENTS:
+            fn.concurrency_id, fn.concurrency_limit = BULK_CONCURRENCY_ID, BULK_CONCURRENCY
+
+
+def atomic_image_cache_writes() -> None:
+    """Make Gradio's PIL-image cache writes atomic (idempotent).
+
+    Gradio 6.31 saves a returned PIL image (Grad-CAM overlay, gallery thumbnails) to a
+    content-addressed path with a plain write_bytes. Identical results from concurrent
+    requests rewrite the same file while another client downloads it, and that download ends
+    short ("Response content shorter than Content-Length": found by tests/test_soak.py).
+    Write under a temporary name and rename into place, as Gradio's save_file_to_cache does."""
+    import tempfile
+    from pathlib import Path
+
+    from gradio import processing_utils as pu
+
+    if getattr(pu.save_pil_to_cache, "medlab_atomic", False):
+        return
+
+    def save_pil_to_cache(img: object, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = pu.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / pu.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        target = (folder / f"{name}.{format}").resolve()
+        if target.exists():  # same content hash, written whole by an earlier rename
+            try:
+                os.utime(target)  # Gradio's delete_cache ages files by ctime
+            except OSError:
+                pass
+            return str(target)
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(staging, target)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        return str(target)
+
+    save_pil_to_cache.medlab_atomic = True  # type: ignore[attr-defined]
+    pu.save_pil_to_cache = save_pil_to_cache
 
 
 def launch_kwargs(host: str, port: int, share: bool) -> dict:

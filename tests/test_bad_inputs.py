@@ -1,0 +1,261 @@
+"""Malformed and awkward input through EVERY public api_name of the live app (tiny models).
+
+Table-driven: each row is (endpoint, input, expectation). A rejected input must come back as a
+clear message (gradio_client raises AppError carrying the gr.Error text: we check for words
+that tell a student what was wrong), the server must keep answering (/model_status after
+each call), and a rejected input must write nothing (data-dir files and chroma counts are
+unchanged). Some awkward inputs are legitimately accepted (animated GIF: first frame, 16-bit
+TIFF: rescaled, CMYK: converted); for those the result must be well-formed.
+
+The 1 GB upload (refused by size before it is read) is in test_security.py."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import bad_files as bf
+
+# -- expectations ----------------------------------------------------------------------------
+NOT_IMAGE = r"not an image|not a supported|unsupported|cannot be read|could not be (read|decoded|opened)|unidentif|not recogni[sz]ed"
+DAMAGED = r"damaged|truncated|corrupt|incomplete|could not be (read|decoded)|cannot be read"
+TOO_SMALL = r"too small|at least|1 ?x ?1|minimum"
+TOO_LARGE = r"too large|bomb|pixels|limit|larger than"
+NO_PIXELS = r"without pixel data|no pixel|no image"
+NON_IMAGE_DICOM = r"structure set|segmentation|RT ?STRUCT|not an image|image series"
+EMPTY_TEXT = r"empty|please (paste|enter|type|write|describe|ask)|no (text|question|query|findings)|type a|enter a"
+TOO_LONG = r"limit|too long|characters|at most"
+MISSING_COL = r"findings|column"
+ZIP_UNSAFE = r"unsafe|outside|\.\.|refused|path"
+ZIP_BOMB = r"bomb|expand|refused|limit"
+NOT_ZIP = r"not a (valid )?zip|zip|damaged|corrupt"
+NOT_PDF = r"PDF|damaged|could not be read|not a valid"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    api: str
+    make: Callable[[Path], Any]  # folder -> first argument (file path or text)
+    expect: str | Callable[[Any], None]  # regex of the error, or a checker of the accepted result
+    args: tuple[Any, ...] = ()
+    is_file: bool = True
+
+
+def _label_ok(value: Any, n: int | None = None) -> None:
+    """A gr.Label payload: confidences are probabilities that sum to 1."""
+    assert isinstance(value, dict) and value.get("confidences"), value
+    probs = [c["confidence"] for c in value["confidences"]]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    if n is not None:
+        assert len(probs) == n
+    assert abs(sum(probs) - 1.0) < 1e-3 or n is None
+
+
+def _skin_ok(result: Any) -> None:
+    bars, decision, classes, _expl, summary = result
+    _label_ok(bars, 2)
+    assert isinstance(decision, str) and decision.strip()
+    assert 0.0 <= summary["malignant_probability"] <= 1.0
+
+
+def _lung_ok(result: Any) -> None:
+    probs, overlay, text, summary = result
+    _label_ok(probs, 3)
+    assert overlay and Path(overlay).is_file()
+    assert isinstance(text, str) and text.strip() and isinstance(summary, dict)
+
+
+def _caption_ok(result: Any) -> None:
+    assert isinstance(result, str)
+
+
+def _similar_ok(result: Any) -> None:
+    gallery, _status = result
+    assert isinstance(gallery, list)
+
+
+def _zero_shot_ok(result: Any) -> None:
+    plip, clip, _notes = result
+    _label_ok(plip)
+    assert abs(sum(c["confidence"] for c in plip["confidences"]) - 1.0) < 1e-3
+
+
+IMAGE_APIS: dict[str, Callable[[Any], None]] = {
+    "/skin_classify": _skin_ok,
+    "/lung_classify": _lung_ok,
+    "/radiograph_caption": _caption_ok,
+    "/pathology_similar": _similar_ok,
+    "/pathology_zero_shot": _zero_shot_ok,
+}
+IMAGE_ARGS: dict[str, tuple[Any, ...]] = {"/radiograph_caption": ("Describe.", 0.0, 16)}
+
+BAD_IMAGES: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("text-named-png", bf.text_as_png, NOT_IMAGE),
+    ("non-utf8-named-png", bf.non_utf8_as_png, NOT_IMAGE),
+    ("truncated-png", bf.truncated_png, DAMAGED),
+    ("corrupt-jpeg", bf.corrupt_jpeg, DAMAGED + "|" + NOT_IMAGE),
+    ("1x1", bf.one_pixel, TOO_SMALL),
+    ("30000x30000-bomb", bf.bomb_png, TOO_LARGE),
+]
+ACCEPTED_IMAGES: list[tuple[str, Callable[[Path], Path]]] = [
+    ("animated-gif", bf.animated_gif),
+    ("16bit-tiff", bf.tiff_16bit),
+    ("cmyk-jpeg", bf.cmyk_jpeg),
+]
+DICOMS: list[tuple[str, Callable[[Path], Path], str]] = [
+    ("dicom-no-pixels", bf.dicom_without_pixels, NO_PIXELS),
+    ("dicom-rtstruct", bf.dicom_rtstruct, NON_IMAGE_DICOM),
+    ("dicom-seg", bf.dicom_seg, NON_IMAGE_DICOM),
+]
+REJECT_SECONDS = 20
+CONTROL_TEXT = "lungs\x00 clear\x1b[31m red \x07bell\r\n\x0b\x0c\u202e\ufeff tumour"
+LONG_TEXT = ("The lungs are clear. " * 10_000)[:200_000]
+
+
+def _cases() -> list[Case]:
+    cases: list[Case] = []
+    for api, ok in IMAGE_APIS.items():
+        extra = IMAGE_ARGS.get(api, ())
+        cases += [Case(f"{api[1:]}:{name}", api, make, rx, extra) for name, make, rx in BAD_IMAGES]
+        cases += [Case(f"{api[1:]}:{name}", api, make, ok, extra) for name, make in ACCEPTED_IMAGES]
+    cases += [Case(f"lung_classify:{name}", "/lung_classify", make, rx) for name, make, rx in DICOMS]
+    # a DICOM handed to an image-only tab is not an image for it
+    cases += [Case(f"skin_classify:{name}", "/skin_classify", make, NOT_IMAGE + "|DICOM|" + NO_PIXELS)
+              for name, make, _ in DICOMS[:2]]
+    text = lambda value: (lambda d: value)  # noqa: E731 - tiny factory
+    for api, extra in (("/impression", ()), ("/assistant_ask", ()), ("/pathology_search", ())):
+        cases += [
+            Case(f"{api[1:]}:empty", api, text(""), EMPTY_TEXT, extra, False),
+            Case(f"{api[1:]}:whitespace", api, text(" \n\t "), EMPTY_TEXT, extra, False),
+            Case(f"{api[1:]}:200k-chars", api, text(LONG_TEXT), TOO_LONG, extra, False),
+        ]
+    cases += [
+        Case("impression:control-chars", "/impression", text(CONTROL_TEXT),
+             lambda r: _text_result_ok(r), (), False),
+        Case("assistant_ask:control-chars", "/assistant_ask", text(CONTROL_TEXT),
+             lambda r: _assistant_ok(r), (), False),
+        Case("pathology_search:control-chars", "/pathology_search", text(CONTROL_TEXT),
+             lambda r: _similar_ok(r), (), False),
+        Case("pathology_zero_shot:empty-labels", "/pathology_zero_shot", bf.cmyk_jpeg, r"label", (" , ,",)),
+        Case("pathology_zero_shot:200k-labels", "/pathology_zero_shot", bf.cmyk_jpeg, r"label|limit|at most",
+             (", ".join(f"label{i}" for i in range(20_000)),)),
+        Case("pathology_zero_shot:control-char-labels", "/pathology_zero_shot", bf.cmyk_jpeg, _zero_shot_ok,
+             ("tumour\x00, \x1bstroma, fat\x07",)),
+        # batch files
+        Case("impression_batch:csv-missing-columns", "/impression_batch", bf.csv_missing_columns, MISSING_COL),
+        Case("impression_batch:jsonl-missing-columns", "/impression_batch", bf.jsonl_missing_columns, MISSING_COL),
+        Case("impression_batch:non-utf8", "/impression_batch", bf.csv_non_utf8, r"UTF-8|encod|not a valid"),
+        Case("impression_batch:empty", "/impression_batch", bf.empty_csv, r"empty|no rows|0 bytes"),
+        Case("impression_batch:png-not-table", "/impression_batch", bf.cmyk_jpeg, r"\.csv|\.jsonl|batch"),
+        # archives
+        Case("pathology_index:zip-traversal", "/pathology_index", bf.zip_traversal, ZIP_UNSAFE),
+        Case("pathology_index:zip-bomb", "/pathology_index", bf.zip_bomb, ZIP_BOMB),
+        Case("pathology_index:not-a-zip", "/pathology_index", bf.not_a_zip, NOT_ZIP),
+        Case("pathology_index:png-not-zip", "/pathology_index", bf.cmyk_jpeg, r"zip"),
+        # documents
+        Case("assistant_add_document:fake-pdf", "/assistant_add_document", bf.fake_pdf, NOT_PDF),
+        Case("assistant_add_document:non-utf8-pdf", "/assistant_add_document", bf.non_utf8_pdf, NOT_PDF),
+        Case("assistant_add_document:zip-not-pdf", "/assistant_add_document", bf.zip_traversal, r"PDF"),
+    ]
+    return cases
+
+
+def _text_result_ok(result: Any) -> None:
+    text, _rouge, notes = result
+    assert isinstance(text, str) and isinstance(notes, str)
+
+
+def _assistant_ok(result: Any) -> None:
+    answer, _passages, details = result
+    assert isinstance(answer, str) and answer.strip() and isinstance(details, dict)
+
+
+CASES = _cases()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Overrides conftest's per-test cache reset: like a real server, the live app keeps its
+    loaded models across these requests (and a reload per row would dominate the run time)."""
+
+
+# -- state snapshot --------------------------------------------------------------------------
+def _snapshot() -> dict[str, Any]:
+    """Files under the data dir (chroma internals excluded: reads may touch them) and the row
+    count of every chroma collection."""
+    from medlab.vectorstore import get_client
+
+    root = Path(os.environ["MEDLAB_DATA_DIR"])
+    files = set()
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith("chroma") for part in rel.parts) and rel.parts[0] != "hf-home":
+            files.add(str(rel))
+    counts = {c.name: c.count() for c in get_client().list_collections()}
+    return {"files": files, "counts": counts}
+
+
+@pytest.fixture(scope="module")
+def warm(live_app: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Use every endpoint once with good input so lazy first-use work (knowledge ingest,
+    model loads) is done before the snapshots."""
+    from gradio_client import handle_file
+
+    _, client = live_app
+    d = tmp_path_factory.mktemp("warm")
+    good = bf.cmyk_jpeg(d)
+    from medlab import pathology
+
+    if pathology.image_collection("plip").count() == 0:
+        pathology.index_examples("plip")  # the bundled example tiles: search needs an index
+    client.predict("What does the ABCDE rule stand for?", api_name="/assistant_ask")
+    client.predict("tumour epithelium", api_name="/pathology_search")
+    client.predict(handle_file(str(good)), api_name="/skin_classify")
+    return client
+
+
+def _status_ok(client: Any) -> None:
+    status = client.predict(api_name="/model_status")
+    assert isinstance(status, dict) and "models" in status and "cache" in status
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, warm: Any, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    client = warm
+    value = case.make(tmp_path)
+    arg = handle_file(str(value)) if case.is_file else value
+    before = _snapshot()
+    if isinstance(case.expect, str):
+        job = client.submit(arg, *case.args, api_name=case.api)
+        with pytest.raises(AppError) as info:
+            # a refusal must be quick too: a slow one ties up a queue slot (denial of service)
+            job.result(timeout=REJECT_SECONDS)
+        message = str(info.value)
+        assert re.search(case.expect, message, re.I), f"{case.id}: unclear message {message!r}"
+        assert "Traceback" not in message and "File \"" not in message
+        assert _snapshot() == before, f"{case.id}: a rejected input changed the stored state"
+    else:
+        result = client.predict(arg, *case.args, api_name=case.api)
+        case.expect(result)
+    _status_ok(client)  # the process is still up and answering
+
+
+def test_every_public_endpoint_is_covered(warm: Any) -> None:
+    """A new api_name must get bad-input rows here (or be knowingly input-free)."""
+    endpoints = warm.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    covered = {c.api for c in CASES}
+    # endpoints without parameters (status, page-load texts) have no input to malform
+    input_free = {n for n, info in endpoints.items() if not info["parameters"]}
+    names = set(endpoints)
+    missing = names - covered - input_free
+    assert not missing, f"no bad-input cases for {sorted(missing)}"
