@@ -38,13 +38,8 @@ class TolerantImage(gr.Image):
     decompression bomb) is passed on as its upload path so the engine's image checks explain
     exactly what is wrong, instead of gradio's generic "the upstream app raised an exception"."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("type", "filepath")
-        kwargs.setdefault("image_mode", None)
-        super().__init__(**kwargs)
-
-    def get_block_name(self) -> str:
-        return "image"  # the frontend renders it as the ordinary Image component
+    is_template = True  # gradio's template mechanism: the frontend renders the parent, gr.Image
+    # (no __init__ override: gradio serialises the props from the constructor's signature)
 
     def preprocess(self, payload: Any) -> Any:
         try:
@@ -224,7 +219,7 @@ def build() -> None:
                          ["mucus"], ["glands stained brown by immunohistochemistry"]],
                         inputs=[query], label="Example queries", cache_examples=False)
             gr.Markdown("#### Image → image")
-            query_image = TolerantImage(label="Find tiles like this one", height=220)
+            query_image = TolerantImage(type="filepath", image_mode=None, label="Find tiles like this one", height=220)
             similar = gr.Button("Search with this image")
             examples = _example_tiles()
             if examples:
@@ -252,7 +247,7 @@ def build() -> None:
     gr.Markdown("---\n#### Zero-shot classification: PLIP beside general CLIP")
     with gr.Row():
         with gr.Column(scale=1):
-            zs_image = TolerantImage(label="H&E tile", height=260)
+            zs_image = TolerantImage(type="filepath", image_mode=None, label="H&E tile", height=260)
             labels = gr.Textbox(value=DEFAULT_LABELS_TEXT, label="Labels (comma-separated)", lines=3,
                                 info="Default: the 9 Kather colon tissue classes (NCT-CRC-HE).")
             template = gr.Textbox(value=DEFAULT_TEMPLATE, label="Prompt template",

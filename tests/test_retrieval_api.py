@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +63,12 @@ def test_pathology_search_returns_a_ranked_gallery(live_app: tuple[str, object],
     scores = [float(item["caption"].split(" · ")[0]) for item in gallery]
     assert scores == sorted(scores, reverse=True)
     assert all(Path(item["image"]).is_file() for item in gallery)
-    assert all(" · H&E tile" in item["caption"] for item in gallery)  # captions from the CSV
+    assert all(re.match(r"^-?\d\.\d{3} · \S", item["caption"]) for item in gallery)
     assert "4 best matches" in status
+    # Other tests may share this data dir; all our tiles (with their CSV captions) are there.
+    everything, _ = client.predict("tumor epithelium", 32, api_name="/pathology_search")
+    captions = " ".join(item["caption"] for item in everything)
+    assert all(f"H&E tile {i} showing" in captions for i in range(6))
 
 
 def test_pathology_similar_returns_the_query_tile_first(live_app: tuple[str, object], indexed: list[Path]) -> None:
