@@ -16,6 +16,23 @@ from medlab.errors import MedlabError
 log = logging.getLogger(__name__)
 
 
+class TolerantImage(gr.Image):
+    """gr.Image (type="filepath", image_mode=None: the uploaded bytes, untouched) whose
+    preprocessing never fails: a file PIL cannot open (text named .png, truncated JPEG,
+    decompression bomb) is passed on as its upload path so the engine's image checks explain
+    exactly what is wrong, instead of gradio's generic "the upstream app raised an exception"."""
+
+    is_template = True  # gradio's template mechanism: the frontend renders the parent, gr.Image
+    # (no __init__ override: gradio serialises the props from the constructor's signature)
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - medlab.imaging.load_image reports the precise problem
+            path = getattr(payload, "path", None)
+            return str(path) if path else None
+
+
 def disclaimer() -> gr.Markdown:
     return gr.Markdown(f"> ⚠️ **{DISCLAIMER}**", elem_classes=["medlab-disclaimer"])
 

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from medlab.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
-from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import TolerantImage, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,6 @@ same head CLIP was trained with. Compare PLIP with a **general CLIP** on the sam
 004 reports PLIP ahead on Kather colon tissue (9 classes, the default labels here). Probabilities
 always sum to 1 over the labels you give, even when none of them fits.
 """
-
-
-class TolerantImage(gr.Image):
-    """gr.Image (type="filepath", image_mode=None: the uploaded bytes, untouched) whose
-    preprocessing never fails: a file PIL cannot open (text named .png, truncated JPEG,
-    decompression bomb) is passed on as its upload path so the engine's image checks explain
-    exactly what is wrong, instead of gradio's generic "the upstream app raised an exception"."""
-
-    is_template = True  # gradio's template mechanism: the frontend renders the parent, gr.Image
-    # (no __init__ override: gradio serialises the props from the constructor's signature)
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except Exception:  # noqa: BLE001 - medlab.imaging.load_image reports the precise problem
-            path = getattr(payload, "path", None)
-            return str(path) if path else None
 
 
 def _model_name(key: str) -> str:

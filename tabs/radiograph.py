@@ -17,7 +17,7 @@ from medlab.radiograph import (
     CaptionSettings,
 )
 from medlab.zerogpu import gpu
-from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import TolerantImage, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Radiograph captioning"
 TAB_ID = "radiograph"
@@ -110,7 +110,7 @@ def build() -> None:
     gr.Markdown(_backend_markdown)
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="filepath", label="Radiograph (PNG / JPEG)", height=320)
+            image = TolerantImage(type="filepath", image_mode=None, label="Radiograph (PNG / JPEG)", height=320)
             instruction = gr.Textbox(value=DEFAULT_INSTRUCTION, label="Instruction", lines=2,
                                      info="Document 003's training instruction; edit it to see how the model reacts.")
             temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",

@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from tabs import assistant
-from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import TolerantImage, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"
@@ -66,7 +66,7 @@ def build() -> None:
                         "The model gives a probability of *malignant*; the decision uses a tuned threshold "
                         "and says **uncertain** near it. An input gate warns when the photo does not look "
                         "like skin.")
-            image = gr.Image(type="filepath", label="Skin-lesion photo", sources=["upload", "clipboard"],
+            image = TolerantImage(type="filepath", image_mode=None, label="Skin-lesion photo", sources=["upload", "clipboard"],
                              height=300, elem_id="skin-image")
             run = gr.Button("Classify", variant="primary", elem_id="skin-run")
             examples = [p for p in (ASSETS / "synthetic_lesion.png", ASSETS / "offdomain_cat_chelsea.jpg") if p.is_file()]
