@@ -59,7 +59,7 @@ def run(quick: bool = False) -> SectionResult:
         with GradCAM(model=naive_wrapped, target_layers=[naive_layer.module]) as cam:
             return cam(input_tensor=pv, targets=None)
 
-    repeats = 3 if quick else 30
+    repeats = 3 if quick else 20
     runs = interleaved({"forward": forward, "gradcam": cam_only, "gradcam_overlay": cam_overlay,
                         "naive_full_backward": naive}, repeats, warmup=2)
     stats = {k: summary(v) for k, v in runs.items()}

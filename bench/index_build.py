@@ -49,7 +49,7 @@ def run(quick: bool = False) -> SectionResult:
     started = time.perf_counter()
     scale = "tiny" if quick else "real"
     os.environ.update(build_all(WORK / "models", scale, names=("plip-clip-b32",)))
-    n = 32 if quick else 192
+    n = 32 if quick else 96
     repeats = 1 if quick else 2
     tiles = make_tiles(WORK / f"index-tiles-{n}", n)
 

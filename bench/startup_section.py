@@ -13,7 +13,7 @@ def run(quick: bool = False) -> SectionResult:
 
     res = SectionResult(1, "Cold start: app vs bare Blocks with the same number of tabs")
     started = time.perf_counter()
-    m = startup.measure(1 if quick else 5)
+    m = startup.measure(1 if quick else 3)
     app_s, bare_s = summary(m["app_s"]), summary(m["bare_s"])
     res.details = m
     res.load["end"] = loadavg()
