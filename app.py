@@ -20,6 +20,7 @@ import gradio as gr  # noqa: E402
 
 from medlab import DISCLAIMER  # noqa: E402
 from medlab.config import load_settings  # noqa: E402
+from tabs.common import finalize_page_load  # noqa: E402
 
 log = logging.getLogger("medlab.app")
 
@@ -69,6 +70,7 @@ def build_app() -> gr.Blocks:
                 module = importlib.import_module(name)
                 with gr.Tab(module.TITLE, id=module.TAB_ID):
                     module.build()
+        finalize_page_load(demo)  # one private page-load event fills every status panel
     apply_queue_policy(demo)
     atomic_image_cache_writes()
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)

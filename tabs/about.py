@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from medlab import DISCLAIMER
-from tabs.common import disclaimer, ui_errors
+from tabs.common import disclaimer, on_page_load, ui_errors
 
 TITLE = "About & status"
 TAB_ID = "about"
@@ -60,9 +60,7 @@ def build() -> None:
     gr.Markdown(ABOUT_MD)
     gr.Markdown(f"**Disclaimer.** {DISCLAIMER} Outputs can be wrong in ways that look convincing.")
     refresh = gr.Button("Refresh status", variant="secondary")
-    # Callable values are evaluated on every page load, so the table is current.
     table = gr.Dataframe(
-        value=lambda: _status_table(model_status()),
         headers=["model", "status", "source", "licence", "MB loaded", "load s", "notes"],
         label="Models",
         interactive=False,
@@ -70,6 +68,7 @@ def build() -> None:
     )
     with gr.Accordion("Raw status (JSON, also at /model_status)", open=False):
         raw = gr.JSON(label="model_status")
+    on_page_load(table, lambda: _status_table(model_status()), None)  # current on every page view
     refresh.click(model_status, inputs=None, outputs=raw, api_name="model_status").then(
         _status_table, inputs=raw, outputs=table, api_visibility="private"
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from tabs.common import progress_callback, ui_errors
+from tabs.common import on_page_load, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def build() -> None:
                     concurrency_limit=2, concurrency_id="assistant")
 
     with gr.Accordion("Knowledge base: documents and PDF upload (educators)", open=False):
-        docs_md = gr.Markdown(_documents_markdown)
+        docs_md = gr.Markdown("Listing the documents…")
+        on_page_load(docs_md, _documents_markdown, "")
         upload = gr.File(label="Add a PDF", file_types=[".pdf"], type="filepath")
         add_btn = gr.Button("Add to knowledge base")
         add_status = gr.Markdown()

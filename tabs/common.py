@@ -15,6 +15,41 @@ from medlab.errors import MedlabError
 
 log = logging.getLogger(__name__)
 
+_ON_LOAD_ATTR = "_medlab_on_load"
+
+
+def on_page_load(component: gr.components.Component, fn: Callable[[], Any], placeholder: Any = None) -> None:
+    """Refresh `component` with fn() on every page load, through ONE private load event for
+    the whole app (see finalize_page_load) instead of one public endpoint per component:
+    a page view then costs one request, and no internal helper shows up in the API."""
+    root = gr.context.Context.root_block
+    if root is None:
+        raise RuntimeError("on_page_load() must be called while building a gr.Blocks")
+    if not hasattr(root, _ON_LOAD_ATTR):
+        setattr(root, _ON_LOAD_ATTR, [])
+    getattr(root, _ON_LOAD_ATTR).append((component, fn, placeholder))
+
+
+def finalize_page_load(demo: gr.Blocks) -> None:
+    """Register the single private load event that runs every on_page_load callback.
+    A failing callback leaves its component with a short note; the others still fill."""
+    entries = getattr(demo, _ON_LOAD_ATTR, [])
+    if not entries:
+        return
+
+    def refresh_all() -> list[Any]:
+        values = []
+        for component, fn, placeholder in entries:
+            try:
+                values.append(fn())
+            except Exception as exc:  # noqa: BLE001 - one panel must not blank the page
+                log.warning("page-load refresh of %s failed: %s", getattr(component, "label", component), exc)
+                values.append(placeholder)
+        return values
+
+    demo.load(refresh_all, inputs=None, outputs=[c for c, _, _ in entries], api_visibility="private",
+              queue=False, show_progress="hidden")
+
 
 class TolerantImage(gr.Image):
     """gr.Image (type="filepath", image_mode=None: the uploaded bytes, untouched) whose
@@ -102,9 +137,11 @@ def model_card(key: str, label: str = "Model card") -> None:
         return images
 
     with gr.Accordion(label, open=False):
-        gr.Markdown(lambda: card_markdown(key))
-        gr.Gallery(plots, label="Evaluation plots (from the report next to the weights)", columns=3,
-                   height="auto", object_fit="contain", show_label=True)
+        card = gr.Markdown("Loading the model card…")
+        gallery = gr.Gallery(label="Evaluation plots (from the report next to the weights)", columns=3,
+                             height="auto", object_fit="contain", show_label=True)
+    on_page_load(card, lambda: card_markdown(key), "The model card could not be read.")
+    on_page_load(gallery, plots, [])
 
 
 def availability_banner(*keys: str) -> gr.Markdown:
@@ -121,4 +158,6 @@ def availability_banner(*keys: str) -> gr.Markdown:
                 lines.append(f"ℹ️ **{avail.title}** {avail.reason}.")
         return "\n\n".join(lines)
 
-    return gr.Markdown(text)
+    banner = gr.Markdown("")
+    on_page_load(banner, text, "")
+    return banner

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from medlab.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
-from tabs.common import TolerantImage, availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,7 @@ def build() -> None:
     gr.Markdown(INTRO)
     # Filled on each page load (not at build time: opening chromadb at start-up costs ~1 s).
     status = gr.Markdown("**Image index**: checking…")
-    root = gr.context.Context.root_block
-    if root is not None:
-        root.load(index_status, outputs=status, api_visibility="private")
+    on_page_load(status, index_status, "**Image index**: status unavailable.")
     hits_state = gr.State([])
     selected = gr.State(None)
 

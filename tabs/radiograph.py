@@ -17,7 +17,7 @@ from medlab.radiograph import (
     CaptionSettings,
 )
 from medlab.zerogpu import gpu
-from tabs.common import TolerantImage, availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Radiograph captioning"
 TAB_ID = "radiograph"
@@ -107,7 +107,8 @@ def build() -> None:
     if not load_settings().captioner_endpoint:
         availability_banner("captioner", "captioner_adapter")
     gr.Markdown(INTRO)
-    gr.Markdown(_backend_markdown)
+    backend = gr.Markdown("")
+    on_page_load(backend, _backend_markdown, "")
     with gr.Row():
         with gr.Column(scale=1):
             image = TolerantImage(type="filepath", image_mode=None, label="Radiograph (PNG / JPEG)", height=320)

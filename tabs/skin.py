@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from tabs import assistant
-from tabs.common import TolerantImage, availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"
@@ -79,7 +79,8 @@ def build() -> None:
             decision = gr.Markdown(elem_id="skin-decision")
             with gr.Accordion("The model's own classes", open=False):
                 classes = gr.Label(label="Class probabilities (checkpoint labels)", num_top_classes=8)
-            explanation = gr.Markdown(_explanation)
+            explanation = gr.Markdown("")
+            on_page_load(explanation, _explanation, "")
             with gr.Accordion("Summary (JSON, as returned by /skin_classify)", open=False):
                 summary = gr.JSON(label="summary")
             with gr.Accordion("Reference images: benign vs malignant", open=False):

@@ -44,10 +44,12 @@ def assistant_client(live_app: tuple[str, object]) -> Iterator[object]:
     from gradio_client import Client
 
     import tabs.assistant
+    from tabs.common import finalize_page_load
     from tests.conftest import free_port
 
     with gr.Blocks() as demo:
         tabs.assistant.build()
+        finalize_page_load(demo)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

@@ -168,7 +168,7 @@ def test_model_card_accordion_shows_the_plots(trained: tuple[Path, Path], monkey
     playwright = pytest.importorskip("playwright.sync_api")
     import gradio as gr
 
-    from tabs.common import model_card
+    from tabs.common import finalize_page_load, model_card
     from tests.conftest import ARTIFACTS, free_port
     from training import evaluate_classifier
 
@@ -178,6 +178,7 @@ def test_model_card_accordion_shows_the_plots(trained: tuple[Path, Path], monkey
     monkeypatch.setenv("MEDLAB_MODEL_LUNG_CT", str(out))
     with gr.Blocks() as demo:
         model_card("lung_ct")
+        finalize_page_load(demo)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     shots = ARTIFACTS / "screenshots"

@@ -244,7 +244,7 @@ def train_transformers(args: argparse.Namespace, examples: list[tuple[Any, str]]
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors"), device=device))
-        saved = torch.load(ckpt / "state.pt", map_location=device, weights_only=False)
+        saved = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         gen.set_state(saved["generator"])

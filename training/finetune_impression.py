@@ -137,7 +137,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * args.warmup_ratio), total_steps)
     state: dict[str, Any] = {"epoch": 0, "best_val_loss": float("inf"), "history": []}
     if resuming:
-        saved = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=False)
+        saved = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         gen.set_state(saved["generator"])

@@ -289,7 +289,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     state: dict[str, Any] = {"phase": 1, "epoch": 0, "best_loss": float("inf"), "bad_epochs": 0, "history": []}
     ckpt_path = args.out / CHECKPOINT
-    resume_ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if args.resume and ckpt_path.exists() else None
+    resume_ckpt = torch.load(ckpt_path, map_location=device, weights_only=True) if args.resume and ckpt_path.exists() else None
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
         state = resume_ckpt["state"]
