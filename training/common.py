@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medlab.classify import normalise_label  # noqa: F401 - one label normalisation for app and training
+
 log = logging.getLogger("training")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom")
@@ -89,10 +91,6 @@ def load_rgb(path: Path) -> Any:
     from medlab.imaging import load_any
 
     return load_any(path).image
-
-
-def normalise_label(name: str) -> str:
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 
 
 def default_report_dir(key: str | None, model: str) -> Path:
