@@ -1,7 +1,7 @@
 """`python -m bench --quick` runs end to end and writes both result files with all 7 sections.
 
-Slow (it starts the app, builds tiny models and runs every section in its own process):
-well under a minute on an idle 2-core box, several minutes when the box is shared."""
+Slow: it starts the app, builds tiny models and runs every section in its own process
+(108 s on the shared 2-core box at load average ~3; each section process imports torch)."""
 
 from __future__ import annotations
 
