@@ -15,6 +15,10 @@ import sys
 
 # Before gradio is imported: no analytics calls home (the only network use is the Hub).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Before torch is imported: idle OpenMP threads sleep instead of spinning, so two concurrent
+# model calls on a small CPU box don't steal each other's cores (a 512x512 matmul measured
+# 53.6 ms spinning vs 3.6 ms passive under contention: bench/README.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
@@ -143,7 +147,9 @@ def launch_kwargs(host: str, port: int, share: bool) -> dict:
         "max_file_size": settings.max_upload_bytes,
         # Refuse oversized bodies from their declared size, before reading them.
         "app_kwargs": {"middleware": [Middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)]},
-        "allowed_paths": [],  # serve nothing beyond Gradio's own upload/cache folders
+        # Beyond Gradio's own upload/cache folders, only the pathology thumbnails (content-
+        # addressed JPEGs the gallery shows anyway) may be served from the data dir.
+        "allowed_paths": [str(settings.data_dir / "pathology" / "thumbs")],
         "css": CSS,
         "footer_links": ["api", "gradio"],
         "ssr_mode": False,

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -441,12 +442,13 @@ def reset_ready() -> None:
 
 
 # -- answering -------------------------------------------------------------------------------
-def retrieve(question: str, k: int = 4, progress: Progress | None = None) -> list[Passage]:
+def retrieve(question: str, k: int = 4, progress: Progress | None = None, qvec: Any = None) -> list[Passage]:
+    """The k chunks closest to the question; `qvec` reuses an already computed question vector."""
     col = collection()
     n = col.count()
     if n == 0:
         return []
-    q = embed([question], progress)[0]
+    q = embed([question], progress)[0] if qvec is None else qvec
     res = col.query(query_embeddings=[q.tolist()], n_results=min(max(k, 1), n),
                     include=["metadatas", "documents", "distances"])
     out = []
@@ -465,7 +467,8 @@ def ask(question: str, k: int = 4, floor: float = SIMILARITY_FLOOR, progress: Pr
     if len(question) > 1000:
         raise InputError("The question is too long (over 1000 characters); ask one thing at a time.")
     ensure_ingested(progress)
-    passages = retrieve(question, k=k, progress=progress)
+    qvec = embed([question], progress)[0]  # embedded once, for retrieval and sentence ranking
+    passages = retrieve(question, k=k, progress=progress, qvec=qvec)
     best = passages[0].score if passages else 0.0
     if not passages or best < floor:
         msg = (
@@ -476,7 +479,7 @@ def ask(question: str, k: int = 4, floor: float = SIMILARITY_FLOOR, progress: Pr
         )
         return Answer(question, False, msg, [], best, floor)
     kept = [p for p in passages if p.score >= floor]
-    answer = Answer(question, True, _extractive(question, kept), kept, best, floor)
+    answer = Answer(question, True, _extractive(qvec, kept), kept, best, floor)
     key = os.environ.get(GENERATOR_ENV, "").strip()
     if key:
         answer.generator = key
@@ -523,8 +526,34 @@ def grounding(text: str, passages: list[Passage]) -> float:
     return sum(w in source for w in words) / len(words)
 
 
-def _extractive(question: str, passages: list[Passage], max_sentences: int = 3) -> str:
-    """The passages' sentences closest to the question, each with its [n] citation."""
+_SENTENCE_CACHE: OrderedDict[str, Any] = OrderedDict()
+_SENTENCE_CACHE_MAX = 4096
+_SENTENCE_LOCK = threading.Lock()
+
+
+def _sentence_vectors(sentences: list[str]) -> Any:
+    """Embeddings of passage sentences, memoised: the same top passages come back for many
+    questions, and re-embedding their sentences dominated the cost of ask()."""
+    import numpy as np
+
+    with _SENTENCE_LOCK:
+        missing = [s for s in sentences if s not in _SENTENCE_CACHE]
+    if missing:
+        fresh = embed(missing)
+        with _SENTENCE_LOCK:
+            for s, v in zip(missing, fresh, strict=True):
+                _SENTENCE_CACHE[s] = v
+            while len(_SENTENCE_CACHE) > _SENTENCE_CACHE_MAX:
+                _SENTENCE_CACHE.popitem(last=False)
+    with _SENTENCE_LOCK:
+        vectors = [_SENTENCE_CACHE.get(s) for s in sentences]
+    if any(v is None for v in vectors):  # evicted meanwhile by another thread: embed directly
+        return embed(sentences)
+    return np.stack(vectors)
+
+
+def _extractive(qvec: Any, passages: list[Passage], max_sentences: int = 3) -> str:
+    """The passages' sentences closest to the question vector, each with its [n] citation."""
     import numpy as np
 
     cands: list[tuple[str, int]] = []
@@ -536,9 +565,8 @@ def _extractive(question: str, passages: list[Passage], max_sentences: int = 3) 
         return passages[0].text
     seen: set[str] = set()
     uniq = [(s, i) for s, i in cands if not (s in seen or seen.add(s))]
-    vecs = embed([s for s, _ in uniq])
-    q = embed([question])[0]
-    scores = vecs @ q
+    vecs = _sentence_vectors([s for s, _ in uniq])
+    scores = vecs @ qvec
     order = np.argsort(-scores)
     best = float(scores[order[0]])
     picked = [uniq[j] + (float(scores[j]),) for j in order[:max_sentences] if scores[j] >= best - 0.15]

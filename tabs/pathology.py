@@ -37,9 +37,13 @@ def _model_name(key: str) -> str:
 
 
 def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
+    """Stored JPEG thumbnails by path (Gradio copies the file; re-encoding a PIL image per hit
+    cost ~13 ms each: bench/results.md); a grey tile when one went missing."""
+    from pathlib import Path
+
     from medlab.pathology import load_thumbnail
 
-    return [(load_thumbnail(h), h.title) for h in hits]
+    return [(h.thumb if h.thumb and Path(h.thumb).is_file() else load_thumbnail(h), h.title) for h in hits]
 
 
 def _status(hits: list[Any], what: str, key: str) -> str:
