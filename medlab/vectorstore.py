@@ -85,12 +85,20 @@ def collection_name(*parts: str) -> str:
     return name if len(name) >= 3 else (name + "-col")
 
 
-def get_collection(name: str, metadata: dict[str, Any] | None = None) -> Any:
-    """Get or create a cosine-space collection with no embedding function of its own."""
+def get_collection(name: str, metadata: dict[str, Any] | None = None, ef_search: int | None = None) -> Any:
+    """Get or create a cosine-space collection with no embedding function of its own.
+
+    `ef_search` widens HNSW's search beam (chroma's default is 100) where recall matters more
+    than microseconds; it is applied to existing collections too."""
     client = get_client()
     meta = {"hnsw:space": "cosine", **(metadata or {})}
     try:
-        return client.get_or_create_collection(name=name, metadata=meta, embedding_function=None)
+        col = client.get_or_create_collection(name=name, metadata=meta, embedding_function=None)
+        if ef_search is not None:
+            hnsw = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
+            if hnsw.get("ef_search") != ef_search:
+                col.modify(configuration={"hnsw": {"ef_search": int(ef_search)}})
+        return col
     except Exception as exc:  # noqa: BLE001
         raise VectorStoreError(f"Could not open collection {name!r} ({type(exc).__name__}: {exc}).") from exc
 
