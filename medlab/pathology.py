@@ -447,7 +447,7 @@ def index_folder(
     if stale:
         col.delete(ids=stale)
         with _NONEMPTY_LOCK:
-            _NONEMPTY.discard(col.name)
+            _NONEMPTY.discard(col.id)
         report.removed = len(stale)
     report.total = col.count()
     report_progress(1.0, "Index ready")
@@ -536,22 +536,22 @@ def _hits(res: dict[str, Any]) -> list[Hit]:
     return hits
 
 
-# Collections seen non-empty in this process. chroma's count() and even get(limit=1) scan the
+# Collections (by chroma's per-collection UUID, unique across stores) seen non-empty in this process. chroma's count() and even get(limit=1) scan the
 # whole collection (~14 ms at 100k vectors), so the emptiness check before a search (which
 # avoids loading a model for nothing) is paid once, not per query. Removals reset it.
-_NONEMPTY: set[str] = set()
+_NONEMPTY: set[Any] = set()
 _NONEMPTY_LOCK = threading.Lock()
 
 
 def _nonempty(key: str) -> Any:
     col = image_collection(key)
     with _NONEMPTY_LOCK:
-        if col.name in _NONEMPTY:
+        if col.id in _NONEMPTY:
             return col
     if not col.get(limit=1, include=[])["ids"]:
         raise EmptyIndexError(EMPTY_INDEX_HELP.format(model=get_spec(key).title))
     with _NONEMPTY_LOCK:
-        _NONEMPTY.add(col.name)
+        _NONEMPTY.add(col.id)
     return col
 
 
