@@ -38,15 +38,22 @@ def merge_columns(probs: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndar
 
 
 # -- curves -----------------------------------------------------------------------------
+def _one_vs_rest(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """One column per class, also for 2 classes (label_binarize gives one column there)."""
+    from sklearn.preprocessing import label_binarize
+
+    onehot = label_binarize(y, classes=list(range(n_classes)))
+    if n_classes == 2 and onehot.shape[1] == 1:
+        onehot = np.hstack([1 - onehot, onehot])
+    return onehot
+
+
 def roc_curves(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Per-class one-vs-rest ROC curves + micro average (fpr, tpr, auc)."""
     from sklearn.metrics import auc, roc_curve
-    from sklearn.preprocessing import label_binarize
 
     y, p = _check(y_true, probs)
-    onehot = label_binarize(y, classes=list(range(p.shape[1])))
-    if p.shape[1] == 2 and onehot.shape[1] == 1:
-        onehot = np.hstack([1 - onehot, onehot])
+    onehot = _one_vs_rest(y, p.shape[1])
     out: dict[str, Any] = {}
     for i, name in enumerate(labels):
         if onehot[:, i].min() == onehot[:, i].max():  # class absent (or alone): AUC undefined
@@ -62,12 +69,9 @@ def roc_curves(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) 
 def pr_curves(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Per-class precision-recall curves with average precision, plus micro average."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
-    from sklearn.preprocessing import label_binarize
 
     y, p = _check(y_true, probs)
-    onehot = label_binarize(y, classes=list(range(p.shape[1])))
-    if p.shape[1] == 2 and onehot.shape[1] == 1:
-        onehot = np.hstack([1 - onehot, onehot])
+    onehot = _one_vs_rest(y, p.shape[1])
     out: dict[str, Any] = {}
     for i, name in enumerate(labels):
         if onehot[:, i].sum() == 0:

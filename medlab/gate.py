@@ -180,6 +180,18 @@ def _limits(template: str, key: str) -> str:
     )
 
 
+def _object_check(image: Any, enabled: bool, checks: dict[str, Any]) -> tuple[str, float] | None:
+    """The ImageNet object check, recorded in `checks` (None when disabled or unavailable)."""
+    found = recognise_object(image) if enabled else None
+    if found is not None:
+        checks["object"] = {"label": found[0], "probability": round(found[1], 4)}
+    return found
+
+
+def _object_reason(found: tuple[str, float], looks: str) -> str:
+    return f"A general-purpose object recogniser sees **{found[0]}** ({found[1]:.0%}): this looks {looks}."
+
+
 def check_skin(image: Any, object_check: bool = True) -> GateResult:
     """Is this plausibly a (dermoscopic or clinical) photo of skin?"""
     stats = image_stats(image)
@@ -193,13 +205,11 @@ def check_skin(image: Any, object_check: bool = True) -> GateResult:
         return GateResult("off-domain", "medium", [
             f"{stats['white_fraction']:.0%} of the image is near-white with little colour: it looks "
             "like a document or a drawing."], checks, limits)
-    found = recognise_object(image) if object_check else None
-    if found is not None:
-        checks["object"] = {"label": found[0], "probability": round(found[1], 4)}
-        if found[1] >= OBJECT_CONFIDENCE:
-            return GateResult("off-domain", "medium", [
-                f"A general-purpose object recogniser sees **{found[0]}** ({found[1]:.0%}): this looks "
-                "like a photo of an everyday object, not a skin close-up."], checks, limits)
+    found = _object_check(image, object_check, checks)
+    if found is not None and found[1] >= OBJECT_CONFIDENCE:
+        return GateResult("off-domain", "medium",
+                          [_object_reason(found, "like a photo of an everyday object, not a skin close-up")],
+                          checks, limits)
     if stats["skin_fraction"] < MIN_SKIN_FRACTION:
         return GateResult("off-domain", "medium", [
             f"Only {stats['skin_fraction']:.0%} of the (non-dark) pixels are skin-toned."], checks, limits)
@@ -229,13 +239,9 @@ def check_lung_ct(image: Any, kind: str = "image", info: dict[str, Any] | None =
         return GateResult("off-domain", "high", [
             "This is a colour image; CT slices are greyscale. A colour photo is not a CT scan."],
             checks, limits)
-    found = recognise_object(image) if object_check else None
-    if found is not None:
-        checks["object"] = {"label": found[0], "probability": round(found[1], 4)}
-        if found[1] >= OBJECT_CONFIDENCE_CT:
-            return GateResult("off-domain", "medium", [
-                f"A general-purpose object recogniser sees **{found[0]}** ({found[1]:.0%}): this looks "
-                "like a photo, not a CT slice."], checks, limits)
+    found = _object_check(image, object_check, checks)
+    if found is not None and found[1] >= OBJECT_CONFIDENCE_CT:
+        return GateResult("off-domain", "medium", [_object_reason(found, "like a photo, not a CT slice")], checks, limits)
     return GateResult("plausible", "low", [
         "Greyscale image without a DICOM header: it could be a CT slice, but an X-ray, MRI or "
         "greyscale photo would look the same to this gate."], checks, limits)

@@ -15,7 +15,6 @@ it never answers from a model's own memory."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Any
 
 from medlab.config import PROJECT_ROOT, load_settings
 from medlab.errors import CorruptFileError, InputError, MedlabError, UnsupportedFileError
+from medlab.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,6 @@ def source_files(knowledge_dir: Path | None = None) -> dict[str, Path]:
                     continue
                 out[f"{prefix}/{p.relative_to(root).as_posix()}"] = p
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- text extraction and chunking -------------------------------------------------------------
@@ -383,7 +375,7 @@ def ingest(
         for doc, path in files.items():
             if only is not None and doc not in only:
                 continue
-            h = _sha256(path)
+            h = file_sha256(path)
             state = indexed.get(doc)
             if state and state["hashes"].get(h, 0) == state["n"].get(h, -1) and len(state["hashes"]) == 1:
                 report.unchanged.append(doc)
@@ -610,9 +602,9 @@ def add_document(path: str | Path, original_name: str | None = None,
     ensure_ingested(progress)  # the existing corpus first, so the report below is about this file
     target_dir = uploads_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
-    digest = _sha256(src)
+    digest = file_sha256(src)
     for existing in target_dir.glob("*.pdf"):
-        if _sha256(existing) == digest:  # the same bytes are already in the knowledge base
+        if file_sha256(existing) == digest:  # the same bytes are already in the knowledge base
             doc = f"uploads/{existing.name}"
             return doc, ingest(progress=progress, only={doc})
     target = target_dir / _safe_name(name)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any
 from medlab.config import load_settings
 from medlab.errors import InputError, MedlabError, ModelUnavailableError, UnsupportedFileError
 from medlab.registry import KATHER_CLASSES, get_spec
+from medlab.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -301,14 +301,6 @@ def _save_thumb(img: Any, sha: str) -> Path:
     return path
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_captions(folder: Path) -> dict[str, dict[str, str]]:
     """file name -> {"label", "caption"} from CSV files beside the images.
 
@@ -395,7 +387,7 @@ def index_folder(
         if p.stat().st_size > load_settings().max_upload_bytes:
             report.skipped.append((rel, "larger than MEDLAB_MAX_UPLOAD_MB"))
             continue
-        entries.setdefault(_sha256_file(p), (p, rel))
+        entries.setdefault(file_sha256(p), (p, rel))
         if i % 50 == 0:
             report_progress(0.05 * i / len(images), f"Hashing {i}/{len(images)}")
     present = existing_ids(col, list(entries))
@@ -598,7 +590,7 @@ def search_image(
     vec = None
     lookup = item_id
     if lookup is None and isinstance(image, (str, os.PathLike)) and Path(image).is_file():
-        lookup = _sha256_file(Path(image))
+        lookup = file_sha256(Path(image))
     if lookup:
         got = col.get(ids=[lookup], include=["embeddings"])
         if got["ids"]:

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medlab.config import load_settings
@@ -83,6 +84,16 @@ def collection_name(*parts: str) -> str:
     if len(name) > 120:  # keep names readable; the hash keeps them unique
         name = name[:100].rstrip("-._") + "-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
     return name if len(name) >= 3 else (name + "-col")
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, streamed: the id both stores give a document or image, so
+    re-adding the same bytes adds nothing."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def get_collection(name: str, metadata: dict[str, Any] | None = None, ef_search: int | None = None) -> Any:

@@ -5,6 +5,8 @@ ingest counts are exact."""
 
 from __future__ import annotations
 
+import hashlib
+
 import shutil
 from pathlib import Path
 
@@ -130,7 +132,7 @@ def test_ingest_is_incremental_by_content_hash(kb: Path) -> None:
     assert edited.chunks_deleted == len(old_ids)
     new = col.get(where={"doc": doc}, include=["metadatas", "documents"])
     assert not old_ids & set(new["ids"])  # old chunks are gone
-    assert {m["doc_hash"] for m in new["metadatas"]} == {knowledge._sha256(path)}
+    assert {m["doc_hash"] for m in new["metadatas"]} == {hashlib.sha256(path.read_bytes()).hexdigest()}
     assert any("Airline pilots" in d for d in new["documents"])
     hit = knowledge.retrieve("Do airline pilots have more melanoma?", k=1)[0]
     assert hit.doc == doc and "Airline pilots" in hit.text
