@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import gradio as gr  # noqa: E402
 
 from medlab import DISCLAIMER  # noqa: E402
-from medlab.config import load_settings  # noqa: E402
+from medlab.core.config import load_settings  # noqa: E402
 from tabs.common import finalize_page_load  # noqa: E402
 
 log = logging.getLogger("medlab.app")
@@ -136,7 +136,7 @@ def atomic_image_cache_writes() -> None:
 def launch_kwargs(host: str, port: int, share: bool) -> dict:
     from starlette.middleware import Middleware
 
-    from medlab.webguard import BodySizeLimit
+    from medlab.io.webguard import BodySizeLimit
 
     settings = load_settings()
     return {
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from medlab.zerogpu import preload_for_zero_gpu
+    from medlab.core.zerogpu import preload_for_zero_gpu
 
     preload_for_zero_gpu(["skin", "lung_ct", "impression", "plip", "clip_baseline", "embedder"])
     demo = build_app()

@@ -1,4 +1,4 @@
-"""Section 7: the process-wide model cache (medlab.loaders.get_model) under load.
+"""Section 7: the process-wide model cache (medlab.core.loaders.get_model) under load.
 
 Every request reads every weight page (what a forward pass does; see touch()).
 
@@ -73,7 +73,7 @@ def touch(loaded: Any) -> float:
 
 
 def use(key: str) -> None:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     touch(get_model(key))
 
@@ -90,7 +90,7 @@ def run(quick: bool = False) -> SectionResult:
     import torch  # noqa: F401 - imported before the baseline so library memory is not counted as models
     import transformers  # noqa: F401
 
-    from medlab.loaders import estimate_bytes, get_cache, get_model, reset_cache
+    from medlab.core.loaders import estimate_bytes, get_cache, get_model, reset_cache
 
     keys = ("skin", "plip", "impression")
     sizes = {k: estimate_bytes(k) for k in keys}

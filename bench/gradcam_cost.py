@@ -1,7 +1,7 @@
 """Section 3: Grad-CAM overlay cost vs a plain forward of the same model (EfficientNet-B1
-shape, 240 px), through medlab.gradcam's API, loaded with the app's own loader.
+shape, 240 px), through medlab.vision.gradcam's API, loaded with the app's own loader.
 
-Variants (interleaved): plain forward under inference_mode; medlab.gradcam.grad_cam (forward
+Variants (interleaved): plain forward under inference_mode; medlab.vision.gradcam.grad_cam (forward
 + head-only backward); grad_cam + place_in_input + overlay on the 512x512 CT slice (what the
 lung tab shows); and, for reference, a naive pytorch-grad-cam call on a copy of the model
 whose parameters still require grad (full backward through the backbone)."""
@@ -27,16 +27,16 @@ def run(quick: bool = False) -> SectionResult:
     import torch
     from pytorch_grad_cam import GradCAM
 
-    from medlab import classify, gradcam
-    from medlab.imaging import load_any
-    from medlab.loaders import get_model
+    from medlab.vision import classify, gradcam
+    from medlab.io.imaging import load_any
+    from medlab.core.loaders import get_model
 
     loaded = get_model("lung_ct")
     model = loaded.model
     image = load_any(str(ROOT / "assets" / "lung" / "ct_small_lung_window.png")).image
     pv = classify.preprocess(loaded, image)
     width, height = image.size
-    box = classify.visible_box(loaded.processor, width, height)
+    box = classify.visible_box(loaded.image_processor, width, height)
     layer = gradcam.find_target_layer(model)
 
     naive_model = copy.deepcopy(model).requires_grad_(True)

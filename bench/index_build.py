@@ -1,6 +1,6 @@
 """Section 6: pathology index build throughput (images/s) of the app's builder
-(medlab.pathology.index_folder: hash, decode, thumbnail, encode in batches, upsert into
-chroma) vs the encoder alone (medlab.pathology.encode_images on the same batches of
+(medlab.retrieval.pathology.index_folder: hash, decode, thumbnail, encode in batches, upsert into
+chroma) vs the encoder alone (medlab.retrieval.pathology.encode_images on the same batches of
 already-decoded images), with PLIP as a real-size CLIP ViT-B/32 with random weights.
 
 The images are generated 224 px PNG tiles (smooth random colour fields, H&E-like pinks and
@@ -55,16 +55,16 @@ def run(quick: bool = False) -> SectionResult:
 
     import torch
 
-    from medlab import pathology
-    from medlab.imaging import load_image
-    from medlab.loaders import get_model
-    from medlab.vectorstore import reset_clients
+    from medlab.retrieval import pathology
+    from medlab.io.imaging import load_image
+    from medlab.core.loaders import get_model
+    from medlab.retrieval.vectorstore import reset_clients
 
     lm = get_model("plip")
     pils = [load_image(p).image for p in tiles]
     batch = pathology.BATCH_SIZE
     batches = [pils[i:i + batch] for i in range(0, n, batch)]
-    pixel_batches = [lm.processor(images=b, return_tensors="pt")["pixel_values"] for b in batches]
+    pixel_batches = [lm.image_processor(images=b, return_tensors="pt")["pixel_values"] for b in batches]
     pathology.encode_images("plip", batches[0])  # warm-up
 
     def pipeline() -> float:

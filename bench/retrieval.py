@@ -9,7 +9,7 @@ Document 000 (LangChain + FAISS) answers a question like this, every time:
     ... retrieval_chain.invoke({"input": query})               # embed the query again, search
 The baseline does exactly these steps with the app's embedder (all-MiniLM-L6-v2, real
 weights) and exact flat search in numpy (what FAISS IndexFlatL2 computes); the splitter is a
-no-op here because every chunk is shorter than 4000 characters. The app: medlab.knowledge
+no-op here because every chunk is shorter than 4000 characters. The app: medlab.retrieval.knowledge
 .retrieve(question, k=4) on its persistent chroma collection (the same stored vectors).
 
 The corpus is synthetic but varied: 100 Markdown documents x 100 sections, each section one
@@ -100,7 +100,7 @@ def make_corpus(folder: Path, docs: int, sections: int, seed: int = 0) -> list[d
 
 def prepare(root: Path, docs: int, sections: int) -> dict[str, Any]:
     """Corpus on disk + the app's collection in line with it (incremental ingest)."""
-    from medlab import knowledge
+    from medlab.retrieval import knowledge
 
     corpus = root / "corpus"
     os.environ["MEDLAB_DATA_DIR"] = str(root / "data")
@@ -131,7 +131,7 @@ class Doc000Baseline:
     """Document 000's per-question pipeline (see the module docstring)."""
 
     def __init__(self, n_docs_retrieve: int = 10, retriever_k: int = 4) -> None:
-        from medlab import knowledge
+        from medlab.retrieval import knowledge
 
         col = knowledge.collection()
         got = col.get(include=["embeddings", "metadatas", "documents"])
@@ -167,7 +167,7 @@ class Doc000Baseline:
 
 
 def run(quick: bool = False) -> SectionResult:
-    from medlab import knowledge
+    from medlab.retrieval import knowledge
 
     res = SectionResult(5, "Assistant retrieval: app vs document 000's re-embed-per-question approach")
     started = time.perf_counter()
@@ -238,7 +238,7 @@ def run(quick: bool = False) -> SectionResult:
         "ef_search 400 for knowledge collections), the baseline searches exactly; any disagreement is listed in results.json.")
     first = prep["first_ingest"]
     if first and prep["chunks_embedded_this_run"] == 0:
-        res.notes.append(f"Corpus ingest through medlab.knowledge.ingest: {first.get('chunks_embedded')} chunks in "
+        res.notes.append(f"Corpus ingest through medlab.retrieval.knowledge.ingest: {first.get('chunks_embedded')} chunks in "
                          f"{first.get('seconds')} s ({first.get('chunks_per_s')} chunks/s, {first.get('when')}); "
                          f"this run's re-ingest of the unchanged corpus took {prep['ingest_seconds_this_run']} s and "
                          f"embedded {prep['chunks_embedded_this_run']} chunks.")

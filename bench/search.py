@@ -1,6 +1,6 @@
 """Section 4: pathology search latency (text encoding excluded) over N stored 512-d unit
-embeddings: the app's store (medlab.pathology's chroma collection, filled through
-medlab.vectorstore.upsert exactly as the index builder does) vs brute-force numpy, and how
+embeddings: the app's store (medlab.retrieval.pathology's chroma collection, filled through
+medlab.retrieval.vectorstore.upsert exactly as the index builder does) vs brute-force numpy, and how
 latency grows with N.
 
 Stores are persistent under bench/_work/search/n<N> and their build is resumable (ids and
@@ -80,8 +80,8 @@ def stub_model_dir(root: Path) -> Path:
 
 def build_store(n: int, deadline: float, batch: int = 5_000) -> dict[str, Any]:
     """Fill (or resume filling) the app's collection up to n vectors before `deadline`."""
-    from medlab import pathology
-    from medlab.vectorstore import upsert
+    from medlab.retrieval import pathology
+    from medlab.retrieval.vectorstore import upsert
 
     data = Path(os.environ["MEDLAB_DATA_DIR"])
     stamp_path = data / "bench-stamp.json"
@@ -121,7 +121,7 @@ def measure_size(n_stored: int, queries: np.ndarray, repeats: int) -> dict[str, 
     numpy brute force, plus chroma's recall@K against the exact answer."""
     from threadpoolctl import threadpool_limits
 
-    from medlab import pathology
+    from medlab.retrieval import pathology
 
     col = pathology.image_collection("plip")
     matrix = vectors(0, n_stored)
@@ -187,7 +187,7 @@ def run(quick: bool = False, budget_s: float = 480.0) -> SectionResult:
     builds: dict[int, dict[str, Any]] = {}
     for n in sizes:
         _use_store(n, stub, root)
-        from medlab.vectorstore import reset_clients
+        from medlab.retrieval.vectorstore import reset_clients
 
         reset_clients()
         # leave ~60 s of the budget for measuring the larger stores
@@ -211,7 +211,7 @@ def run(quick: bool = False, budget_s: float = 480.0) -> SectionResult:
                        "columns": ["N stored", "app median", "app p95", "chroma query median", "chroma p95",
                                    "numpy median", "numpy p95", "col.count() median", f"chroma recall@{K}"],
                        "rows": table_rows})
-    res.tables.append({"title": "Insert (medlab.vectorstore.upsert into the app's collection)",
+    res.tables.append({"title": "Insert (medlab.retrieval.vectorstore.upsert into the app's collection)",
                        "columns": ["N target", "stored", "inserted this run", "rate this run (vec/s)",
                                    "insert s (all runs)", "rate all runs (vec/s)"],
                        "rows": [[f"{n:,}", f"{b['count']:,}", f"{b['inserted_this_run']:,}", b["rate_this_run"],
@@ -239,7 +239,7 @@ def run(quick: bool = False, budget_s: float = 480.0) -> SectionResult:
         ca, cb = measured[done[0]]["collection_count"]["median_ms"], measured[done[-1]]["collection_count"]["median_ms"]
         res.notes.append(
             f"chroma's count() (and get(limit=1)) is linear in N here ({ca:.1f} ms -> {cb:.1f} ms), so "
-            "medlab.pathology.search_text never calls count() per query: it checks emptiness once per process "
+            "medlab.retrieval.pathology.search_text never calls count() per query: it checks emptiness once per process "
             "(before any model load) and lets chroma return fewer than k rows for a small index.")
     res.notes.append(
         f"chroma recall@{K} (overlap of the app's top-{K} with the exact top-{K}) is low on these vectors: the collection "

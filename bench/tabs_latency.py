@@ -86,9 +86,13 @@ def run(quick: bool = False) -> SectionResult:
     import torch
     from gradio_client import handle_file
 
-    from medlab import classify, gate, gradcam, impression, pathology
-    from medlab.imaging import load_any
-    from medlab.loaders import get_cache, get_model
+    from medlab.vision import classify, gate, gradcam
+
+    from medlab.generation import impression
+
+    from medlab.retrieval import pathology
+    from medlab.io.imaging import load_any
+    from medlab.core.loaders import get_cache, get_model
 
     # The pathology search endpoint needs a non-empty index: the bundled example tiles.
     pathology.index_examples("plip")
@@ -115,7 +119,7 @@ def run(quick: bool = False) -> SectionResult:
         imp = get_model("impression")
         enc = impression.encode(imp, [FINDINGS]).inputs
         plip = get_model("plip")
-        tok = plip.processor(text=[QUERY], return_tensors="pt", padding=True, truncation=True, max_length=77)
+        tok = plip.tokenizer([QUERY], return_tensors="pt", padding=True, truncation=True, max_length=77)
         tok = {k: v for k, v in tok.items() if k in ("input_ids", "attention_mask")}
 
         def fwd(model: Any, pv: Any) -> Any:
@@ -133,8 +137,8 @@ def run(quick: bool = False) -> SectionResult:
             with torch.inference_mode():
                 return plip.model.get_text_features(**tok)
 
-        from medlab.lung_ct import classify_lung
-        from medlab.skin import classify_skin
+        from medlab.vision.lung_ct import classify_lung
+        from medlab.vision.skin import classify_skin
 
         cases: dict[str, dict[str, Any]] = {
             "skin": {

@@ -8,10 +8,10 @@ import logging
 import sys
 from dataclasses import asdict
 
-from medlab.config import load_settings
-from medlab.errors import MedlabError
-from medlab.registry import get_spec, model_keys, resolve_source
-from medlab.status import availability, hub_offline, hub_reachable
+from medlab.core.config import load_settings
+from medlab.core.errors import MedlabError
+from medlab.core.registry import get_spec, model_keys, resolve_source
+from medlab.core.status import availability, hub_offline, hub_reachable
 
 # Never fetch pickle weights or other frameworks' files for an app that loads safetensors.
 IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.ot", "tf_model*", "flax_model*"]

@@ -50,7 +50,7 @@ def _status_table(status: dict[str, Any]) -> list[list[Any]]:
 @ui_errors
 def model_status() -> dict[str, Any]:
     """JSON of the cache statistics and each model's availability."""
-    from medlab.status import model_status as engine_status
+    from medlab.core.status import model_status as engine_status
 
     return engine_status()
 

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from medlab import DISCLAIMER
-from medlab.errors import MedlabError
+from medlab.core.errors import MedlabError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class TolerantImage(gr.Image):
     def preprocess(self, payload: Any) -> Any:
         try:
             return super().preprocess(payload)
-        except Exception:  # noqa: BLE001 - medlab.imaging.load_image reports the precise problem
+        except Exception:  # noqa: BLE001 - medlab.io.imaging.load_image reports the precise problem
             path = getattr(payload, "path", None)
             return str(path) if path else None
 
@@ -125,7 +125,7 @@ def progress_callback(progress: gr.Progress | None) -> Callable[[float, str], No
 def model_card(key: str, label: str = "Model card") -> None:
     """Accordion with the card (source, data, metrics, licence, limits) and evaluation plots.
     Rendered on each page load so it reflects the weights configured now."""
-    from medlab.cards import card_markdown, evaluation_plots
+    from medlab.core.cards import card_markdown, evaluation_plots
 
     def plots() -> list[Any]:
         from PIL import Image
@@ -146,7 +146,7 @@ def model_card(key: str, label: str = "Model card") -> None:
 
 def availability_banner(*keys: str) -> gr.Markdown:
     """A line per model that cannot run here, with the reason and the fix."""
-    from medlab.status import availability
+    from medlab.core.status import availability
 
     def text() -> str:
         lines = []

@@ -1,5 +1,5 @@
 """Findings -> impression tab (document 002): FLAN-T5 summarisation, ROUGE against a
-reference, and batch evaluation of a CSV/JSONL file. UI only; the engine is medlab.impression."""
+reference, and batch evaluation of a CSV/JSONL file. UI only; the engine is medlab.generation.impression."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from medlab.impression import (
+from medlab.generation.impression import (
     DEFAULT_BEAMS,
     DEFAULT_MAX_LENGTH,
     DOC_002_ROUGE,
@@ -23,8 +23,8 @@ from medlab.impression import (
     ImpressionSettings,
     ImpressionUpdate,
 )
-from medlab.metrics import ROUGE_TYPES
-from medlab.zerogpu import gpu
+from medlab.generation.metrics import ROUGE_TYPES
+from medlab.core.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def impression(
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[tuple[str, dict[str, float] | None, str]]:
     """Impression for findings (or a whole report) and ROUGE vs the reference if given."""
-    from medlab.impression import impression_stream
+    from medlab.generation.impression import impression_stream
 
     settings = ImpressionSettings(num_beams, max_length)
     for update in impression_stream(findings, reference, settings, progress=progress_callback(progress)):
@@ -95,8 +95,8 @@ def impression_batch(
     """Evaluate a CSV/JSONL of findings (+ reference impressions): per-row ROUGE and summary."""
     import pandas as pd
 
-    from medlab.errors import InputError
-    from medlab.impression import evaluate_batch, rouge_figure
+    from medlab.core.errors import InputError
+    from medlab.generation.impression import evaluate_batch, rouge_figure
 
     if not file:
         raise InputError("Please upload a .csv, .jsonl or .json file with a 'findings' column.")

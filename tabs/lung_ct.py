@@ -15,7 +15,7 @@ TITLE = "Lung CT"
 TAB_ID = "lung_ct"
 
 ROOT = Path(__file__).resolve().parent.parent / "assets"
-WINDOW_CHOICES = ["lung", "mediastinal", "bone", "auto"]  # medlab.imaging.WINDOWS
+WINDOW_CHOICES = ["lung", "mediastinal", "bone", "auto"]  # medlab.io.imaging.WINDOWS
 EXPLAIN_CHOICES = ["predicted", "benign", "malignant", "normal"]
 # matplotlib/OpenCV "jet" from low to high (the overlay's colormap)
 JET = ["#00007f", "#0000ff", "#007fff", "#00ffff", "#7fff7f", "#ffff00", "#ff7f00", "#ff0000", "#7f0000"]
@@ -30,8 +30,8 @@ LEGEND = (
 
 
 def _scenarios() -> tuple[list[str], str]:
-    from medlab.lung_ct import scenarios
-    from medlab.registry import get_spec
+    from medlab.vision.lung_ct import scenarios
+    from medlab.core.registry import get_spec
 
     spec = get_spec("lung_ct")
     return list(scenarios(spec)), str(spec.params.get("default_scenario", "routine"))
@@ -50,7 +50,7 @@ def lung_classify(
 
     Returns (3-class probabilities, Grad-CAM overlay the size of the input, defer/gate
     markdown, JSON summary)."""
-    from medlab.lung_ct import classify_lung
+    from medlab.vision.lung_ct import classify_lung
 
     result = classify_lung(file, window=window, scenario=scenario, explain=explain, opacity=float(opacity),
                            progress=progress_callback(progress))

@@ -1,6 +1,6 @@
 """Pathology tab (document 004): PLIP text->image and image->image search over a chromadb
 image index, and zero-shot classification with PLIP beside a general CLIP. UI only; the
-engine is medlab.pathology."""
+engine is medlab.retrieval.pathology."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from medlab.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
+from medlab.retrieval.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
     cost ~13 ms each: bench/results.md); a grey tile when one went missing."""
     from pathlib import Path
 
-    from medlab.pathology import load_thumbnail
+    from medlab.retrieval.pathology import load_thumbnail
 
     return [(h.thumb if h.thumb and Path(h.thumb).is_file() else load_thumbnail(h), h.title) for h in hits]
 
@@ -56,7 +56,7 @@ def _status(hits: list[Any], what: str, key: str) -> str:
 def pathology_search(query: str, k: int = 8, model: str = "plip",
                      progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
     """Text -> the k most similar indexed images, with similarity scores and captions."""
-    from medlab.pathology import search_text
+    from medlab.retrieval.pathology import search_text
 
     hits = search_text(query, k=int(k), key=model, progress=progress_callback(progress))
     return _gallery(hits), [h.id for h in hits], _status(hits, f'"{query.strip()}"', model)
@@ -66,8 +66,8 @@ def pathology_search(query: str, k: int = 8, model: str = "plip",
 def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
                       progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
     """Image -> the k most similar indexed images ("more like this"); an indexed image comes back first."""
-    from medlab.errors import InputError
-    from medlab.pathology import search_image
+    from medlab.core.errors import InputError
+    from medlab.retrieval.pathology import search_image
 
     if not image:
         raise InputError("Upload a tile to search with.")
@@ -77,8 +77,8 @@ def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
 
 @ui_errors
 def more_like_this(selected: str | None, k: int = 8, model: str = "plip") -> tuple[list[tuple[Any, str]], list[str], str]:
-    from medlab.errors import InputError
-    from medlab.pathology import search_image
+    from medlab.core.errors import InputError
+    from medlab.retrieval.pathology import search_image
 
     if not selected:
         raise InputError("Click a result in the gallery first, then 'More like this'.")
@@ -104,7 +104,7 @@ def pathology_zero_shot(
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[dict[str, float] | None, dict[str, float] | None, str]:
     """Zero-shot label probabilities for one tile: PLIP and, side by side, general CLIP."""
-    from medlab.pathology import zero_shot
+    from medlab.retrieval.pathology import zero_shot
 
     out = zero_shot(image, labels, template, progress=progress_callback(progress))
     notes = []
@@ -127,8 +127,8 @@ def pathology_index(
     progress: gr.Progress = gr.Progress(),
 ) -> str:
     """Add images to the index from an uploaded .zip (or an allowed server folder)."""
-    from medlab.errors import InputError
-    from medlab.pathology import check_index_root, index_folder, index_zip
+    from medlab.core.errors import InputError
+    from medlab.retrieval.pathology import check_index_root, index_folder, index_zip
 
     keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
     report = progress_callback(progress)
@@ -149,7 +149,7 @@ def pathology_index(
 
 @ui_errors
 def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.Progress()) -> str:
-    from medlab.pathology import index_examples as engine_index
+    from medlab.retrieval.pathology import index_examples as engine_index
 
     keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
     return "**Example tiles indexed.**\n" + "\n".join(
@@ -160,7 +160,7 @@ def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.P
 def index_status() -> str:
     """Size of each model's index (no model load; chromadb only)."""
     try:
-        from medlab.pathology import EMPTY_INDEX_HELP, index_info
+        from medlab.retrieval.pathology import EMPTY_INDEX_HELP, index_info
 
         lines = []
         for key in MODELS:

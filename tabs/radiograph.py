@@ -1,5 +1,5 @@
 """Radiograph captioning tab (document 003): Llama-3.2-Vision + radiology LoRA, streamed,
-with a base-vs-fine-tuned comparison. UI only; the engine is medlab.radiograph."""
+with a base-vs-fine-tuned comparison. UI only; the engine is medlab.generation.radiograph."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from medlab.radiograph import (
+from medlab.generation.radiograph import (
     DEFAULT_INSTRUCTION,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MIN_P,
@@ -16,7 +16,7 @@ from medlab.radiograph import (
     MAX_NEW_TOKENS_LIMIT,
     CaptionSettings,
 )
-from medlab.zerogpu import gpu
+from medlab.core.zerogpu import gpu
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 TITLE = "Radiograph captioning"
@@ -39,10 +39,10 @@ which is very creative: fluent text that may mention findings that are not in th
 
 def _backend_markdown() -> str:
     """Which backend will answer (evaluated on page load; reads settings only, no torch)."""
-    from medlab.config import load_settings
-    from medlab.errors import MedlabError
-    from medlab.radiograph import adapter_info
-    from medlab.registry import resolve_source
+    from medlab.core.config import load_settings
+    from medlab.core.errors import MedlabError
+    from medlab.generation.radiograph import adapter_info
+    from medlab.core.registry import resolve_source
 
     try:
         settings = load_settings()
@@ -71,7 +71,7 @@ def radiograph_caption(
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[str]:
     """Describe a radiograph; the description streams as it is generated."""
-    from medlab.radiograph import caption_stream
+    from medlab.generation.radiograph import caption_stream
 
     settings = CaptionSettings(max_new_tokens, temperature, min_p, use_adapter)
     yield from caption_stream(image, instruction, settings, progress=progress_callback(progress))
@@ -88,7 +88,7 @@ def compare_adapter(
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[tuple[str, str]]:
     """Fine-tuned (adapter on) first, then the base model (adapter off), same settings."""
-    from medlab.radiograph import caption_stream
+    from medlab.generation.radiograph import caption_stream
 
     report = progress_callback(progress)
     tuned = ""
@@ -100,7 +100,7 @@ def compare_adapter(
 
 
 def build() -> None:
-    from medlab.config import load_settings
+    from medlab.core.config import load_settings
 
     disclaimer()
     # With a remote server the local weights do not matter: no "cannot run here" banner.

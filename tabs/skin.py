@@ -21,8 +21,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def _explanation() -> str:
-    from medlab.registry import get_spec
-    from medlab.skin import decision_threshold, explanation
+    from medlab.core.registry import get_spec
+    from medlab.vision.skin import decision_threshold, explanation
 
     spec = get_spec("skin")
     threshold, source = decision_threshold(spec)
@@ -35,7 +35,7 @@ def skin_classify(image: str | None, progress: gr.Progress = gr.Progress()) -> t
 
     Returns (benign/malignant probabilities, decision markdown incl. the input gate,
     the checkpoint's own class probabilities, threshold explanation, JSON summary)."""
-    from medlab.skin import classify_skin, explanation
+    from medlab.vision.skin import classify_skin, explanation
 
     result = classify_skin(image, progress=progress_callback(progress))
     p = result.malignant_probability

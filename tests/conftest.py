@@ -46,7 +46,7 @@ def free_port() -> int:
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     """Every test starts with an empty process-wide model cache."""
-    from medlab.loaders import reset_cache
+    from medlab.core.loaders import reset_cache
 
     reset_cache()
     yield

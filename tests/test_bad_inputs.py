@@ -190,7 +190,7 @@ def _fresh_cache() -> None:
 def _snapshot() -> dict[str, Any]:
     """Files under the data dir (chroma internals excluded: reads may touch them) and the row
     count of every chroma collection."""
-    from medlab.vectorstore import get_client
+    from medlab.retrieval.vectorstore import get_client
 
     root = Path(os.environ["MEDLAB_DATA_DIR"])
     files = set()
@@ -211,7 +211,7 @@ def warm(live_app: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
     _, client = live_app
     d = tmp_path_factory.mktemp("warm")
     good = bf.cmyk_jpeg(d)
-    from medlab import pathology
+    from medlab.retrieval import pathology
 
     if pathology.image_collection("plip").count() == 0:
         pathology.index_examples("plip")  # the bundled example tiles: search needs an index

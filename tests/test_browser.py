@@ -82,7 +82,7 @@ def _open_tab(page: Any, title: str) -> None:
 
 
 def test_every_tab_in_a_real_browser(live_app: tuple[str, Any], browser: Any) -> None:
-    from medlab import pathology
+    from medlab.retrieval import pathology
 
     if pathology.image_collection("plip").count() == 0:
         pathology.index_examples("plip")  # search needs an index; a teacher would press the button

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from medlab.cache import ModelCache, measure_bytes
-from medlab.errors import InsufficientMemoryError, ModelUnavailableError
+from medlab.core.cache import ModelCache, measure_bytes
+from medlab.core.errors import InsufficientMemoryError, ModelUnavailableError
 
 MB = 2**20
 
@@ -140,11 +140,11 @@ def test_measure_bytes_counts_real_parameters_once() -> None:
 
 
 def test_real_loader_through_process_cache(use_tiny_models) -> None:
-    from medlab.loaders import get_cache, get_model
+    from medlab.core.loaders import get_cache, get_model
 
     first = get_model("skin")
     assert first.model.config.id2label[4] == "melanoma"
-    assert first.processor is not None
+    assert first.image_processor is not None
     assert get_model("skin") is first
     stats = get_cache().stats()
     assert stats["load_counts"] == {"skin": 1}
@@ -154,7 +154,7 @@ def test_real_loader_through_process_cache(use_tiny_models) -> None:
 def test_corrupt_safetensors_gives_clear_error_and_cache_stays_usable(use_tiny_models, tmp_path, monkeypatch) -> None:
     import shutil
 
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     bad = tmp_path / "bad"
     shutil.copytree(use_tiny_models["MEDLAB_MODEL_SKIN"], bad)
@@ -169,7 +169,7 @@ def test_corrupt_safetensors_gives_clear_error_and_cache_stays_usable(use_tiny_m
 def test_pickle_only_dir_refused_unless_allowed(use_tiny_models, tmp_path, monkeypatch) -> None:
     import shutil
 
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     d = tmp_path / "pickled"
     shutil.copytree(use_tiny_models["MEDLAB_MODEL_SKIN"], d)
@@ -181,7 +181,7 @@ def test_pickle_only_dir_refused_unless_allowed(use_tiny_models, tmp_path, monke
 
 
 def test_offline_hub_model_says_why_and_how(monkeypatch) -> None:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     monkeypatch.setenv("MEDLAB_MODEL_SKIN", "someone/not-cached-model")
     start = time.perf_counter()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from medlab.config import load_settings, model_env_var
-from medlab.errors import ConfigError, ModelUnavailableError, UnknownModelError
-from medlab.registry import get_spec, model_keys, resolve_source
+from medlab.core.config import load_settings, model_env_var
+from medlab.core.errors import ConfigError, ModelUnavailableError, UnknownModelError
+from medlab.core.registry import get_spec, model_keys, resolve_source
 
 
 @pytest.mark.parametrize(

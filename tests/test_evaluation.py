@@ -1,4 +1,4 @@
-"""medlab.evaluation: the report's numbers equal scikit-learn's, and the documents' own rules
+"""medlab.vision.evaluation: the report's numbers equal scikit-learn's, and the documents' own rules
 (threshold, severity, defer table, calibration) reproduce hand-checked cases."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlab import evaluation as ev
+from medlab.vision import evaluation as ev
 
 
 def _random_predictions(n: int = 300, c: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
 """Input gates: obviously wrong modalities are flagged, real CT passes, and the measured
-behaviour quoted in the UI (medlab.gate.MEASURED) is what the gate really does."""
+behaviour quoted in the UI (medlab.vision.gate.MEASURED) is what the gate really does."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medlab import gate
+from medlab.vision import gate
 
 pytest.importorskip("skimage")
 from skimage import data  # noqa: E402
@@ -29,7 +29,7 @@ def _sample(name: str) -> Image.Image:
 def ct_slices():
     import pydicom.data
 
-    from medlab.imaging import load_dicom
+    from medlab.io.imaging import load_dicom
 
     path = pydicom.data.get_testdata_file("CT_small.dcm", download=False)
     return [load_dicom(path, window) for window in ("lung", "mediastinal")]
@@ -39,7 +39,7 @@ def ct_slices():
 def mr_slice():
     import pydicom.data
 
-    from medlab.imaging import load_dicom
+    from medlab.io.imaging import load_dicom
 
     return load_dicom(pydicom.data.get_testdata_file("MR_small.dcm", download=False), "auto")
 

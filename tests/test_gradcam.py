@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from medlab import classify, gradcam  # noqa: E402
+from medlab.vision import classify, gradcam  # noqa: E402
 
 
 def _labels(n: int = 3) -> dict:
@@ -116,7 +116,7 @@ def test_target_layer_override_and_bad_override() -> None:
     model, _ = _resnet()
     layer = gradcam.find_target_layer(model, "resnet.encoder.stages.0")
     assert layer.module is model.resnet.encoder.stages[0]
-    from medlab.errors import ModelUnavailableError
+    from medlab.core.errors import ModelUnavailableError
 
     with pytest.raises(ModelUnavailableError, match="does not exist"):
         gradcam.find_target_layer(model, "resnet.encoder.nope")

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medlab.errors import (
+from medlab.core.errors import (
     CorruptFileError,
     DicomError,
     ImageTooLargeError,
     ImageTooSmallError,
     UnsupportedFileError,
 )
-from medlab.imaging import WINDOWS, apply_window, is_dicom, load_any, load_dicom, load_image
+from medlab.io.imaging import WINDOWS, apply_window, is_dicom, load_any, load_dicom, load_image
 
 
 @pytest.fixture(scope="module")

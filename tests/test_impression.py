@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab.errors import InputError, UnsupportedFileError
-from medlab.impression import (
+from medlab.core.errors import InputError, UnsupportedFileError
+from medlab.generation.impression import (
     PROMPT,
     BatchFileError,
     ImpressionSettings,
@@ -22,7 +22,7 @@ from medlab.impression import (
     rouge_figure,
     split_report,
 )
-from medlab.metrics import ROUGE_TYPES, rouge
+from medlab.generation.metrics import ROUGE_TYPES, rouge
 
 FINDINGS = [
     "the heart size is normal . the lungs are clear .",
@@ -76,8 +76,8 @@ def test_split_report_extracts_findings_and_impression() -> None:
 def test_greedy_streams_and_matches_plain_generate(use_tiny_models: dict[str, str]) -> None:
     import torch
 
-    from medlab.impression import build_prompt
-    from medlab.loaders import get_model
+    from medlab.generation.impression import build_prompt
+    from medlab.core.loaders import get_model
 
     updates = list(impression_stream(FINDINGS[0], settings=ImpressionSettings(num_beams=1, max_length=16)))
     assert len(updates) > 2
@@ -86,10 +86,10 @@ def test_greedy_streams_and_matches_plain_generate(use_tiny_models: dict[str, st
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
 
     loaded = get_model("impression")
-    batch = loaded.processor(build_prompt(FINDINGS[0]), return_tensors="pt")
+    batch = loaded.tokenizer(build_prompt(FINDINGS[0]), return_tensors="pt")
     with torch.inference_mode():
         out = loaded.model.generate(**batch, max_length=16, num_beams=1, do_sample=False)
-    assert updates[-1].text == loaded.processor.decode(out[0], skip_special_tokens=True).strip()
+    assert updates[-1].text == loaded.tokenizer.decode(out[0], skip_special_tokens=True).strip()
     assert updates[-1].rouge is None  # no reference given
 
 
@@ -114,9 +114,9 @@ def test_pasted_report_uses_findings_and_its_impression_as_reference(use_tiny_mo
 
 
 def test_too_long_findings_are_truncated_with_a_notice(use_tiny_models: dict[str, str]) -> None:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
-    tokenizer = get_model("impression").processor
+    tokenizer = get_model("impression").tokenizer
     limit = tokenizer.model_max_length  # 48 in the tiny tokenizer
     long = " ".join(["the lungs are clear ."] * 20)
     n_tokens = len(tokenizer(PROMPT.format(findings=long)).input_ids)

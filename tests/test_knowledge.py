@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from medlab import knowledge
-from medlab.config import PROJECT_ROOT
+from medlab.retrieval import knowledge
+from medlab.core.config import PROJECT_ROOT
 
 PLANTED = (
     "The Okavango mole protocol recommends photographing each changing mole beside a "
@@ -48,7 +48,7 @@ def make_pdf(path: Path, pages: list[str], *, encrypt: bool = False, text: bool 
 @pytest.fixture
 def kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private data dir + a knowledge dir holding three of the shipped notes."""
-    from medlab.vectorstore import reset_clients
+    from medlab.retrieval.vectorstore import reset_clients
 
     data = tmp_path / "data"
     kdir = tmp_path / "knowledge"
@@ -66,8 +66,8 @@ def kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _restart() -> None:
     """What a process restart drops: model cache, chroma clients, the 'ingested' memo."""
-    from medlab.loaders import reset_cache
-    from medlab.vectorstore import reset_clients
+    from medlab.core.loaders import reset_cache
+    from medlab.retrieval.vectorstore import reset_clients
 
     reset_cache()
     reset_clients()
@@ -181,7 +181,7 @@ def test_bad_uploads_are_rejected_and_change_nothing(kb: Path, tmp_path: Path) -
 
 def test_chroma_host_switches_to_a_server_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """MEDLAB_CHROMA_HOST/PORT select chromadb.HttpClient; an unreachable server is a clear error."""
-    from medlab import vectorstore
+    from medlab.retrieval import vectorstore
     from tests.conftest import free_port
 
     port = free_port()  # nothing listens there

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab import classify, lung_ct
-from medlab.errors import InputError, ModelUnavailableError
-from medlab.registry import get_spec
+from medlab.vision import classify, lung_ct
+from medlab.core.errors import InputError, ModelUnavailableError
+from medlab.core.registry import get_spec
 
 ASSETS = Path(__file__).parent.parent / "assets"
 DICOM = ASSETS / "lung" / "CT_small.dcm"
@@ -57,7 +57,7 @@ def test_iq_oth_label_names_map_to_three_classes() -> None:
 
 
 def test_default_source_is_empty_and_says_how_to_fix(monkeypatch) -> None:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     monkeypatch.delenv("MEDLAB_MODEL_LUNG_CT", raising=False)
     with pytest.raises(ModelUnavailableError) as info:
@@ -122,7 +122,7 @@ def test_opacity_zero_returns_the_input(use_tiny_models) -> None:
 def test_png_asset_is_the_dicom_in_the_lung_window() -> None:
     from PIL import Image
 
-    from medlab.imaging import load_dicom
+    from medlab.io.imaging import load_dicom
 
     rendered = np.asarray(load_dicom(DICOM, "lung").image.convert("L"))
     assert np.array_equal(rendered, np.asarray(Image.open(ASSETS / "lung" / "ct_small_lung_window.png")))

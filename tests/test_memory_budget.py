@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from medlab.cache import measure_bytes
+from medlab.core.cache import measure_bytes
 
 
 def _predict_skin(bundle, image):  # same input -> same logits, whatever was evicted meanwhile
     import torch
 
     with torch.inference_mode():
-        inputs = bundle.processor(images=image, return_tensors="pt")
+        inputs = bundle.image_processor(images=image, return_tensors="pt")
         return bundle.model(**inputs).logits[0].tolist()
 
 
 @pytest.fixture
 def three_models(use_tiny_models, monkeypatch):
-    from medlab.loaders import get_model, reset_cache
+    from medlab.core.loaders import get_model, reset_cache
 
     sizes = {}
     for key in ("skin", "lung_ct", "impression"):
@@ -35,7 +35,7 @@ def three_models(use_tiny_models, monkeypatch):
 def test_cycling_keeps_budget_and_results(three_models) -> None:
     from PIL import Image
 
-    from medlab.loaders import get_cache, get_model
+    from medlab.core.loaders import get_cache, get_model
 
     sizes, budget = three_models
     image = Image.new("RGB", (64, 64), (180, 90, 60))
@@ -56,8 +56,8 @@ def test_cycling_keeps_budget_and_results(three_models) -> None:
 def test_failed_load_in_the_cycle_leaves_cache_usable(three_models, use_tiny_models, tmp_path, monkeypatch) -> None:
     import shutil
 
-    from medlab.errors import ModelUnavailableError
-    from medlab.loaders import get_cache, get_model
+    from medlab.core.errors import ModelUnavailableError
+    from medlab.core.loaders import get_cache, get_model
 
     get_model("skin")
     get_model("lung_ct")

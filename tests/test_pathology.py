@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab import pathology
-from medlab.registry import KATHER_CLASSES
+from medlab.retrieval import pathology
+from medlab.core.registry import KATHER_CLASSES
 
 LABELS = ("tumor", "stroma", "fat", "mucus", "debris", "lymphocytes")
 
@@ -41,7 +41,7 @@ def make_tiles(folder: Path, n: int = 6, seed: int = 0, size: int = 40) -> list[
 
 @pytest.fixture
 def pdata(use_tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from medlab.vectorstore import reset_clients
+    from medlab.retrieval.vectorstore import reset_clients
 
     monkeypatch.setenv("MEDLAB_DATA_DIR", str(tmp_path / "data"))
     reset_clients()
@@ -277,7 +277,7 @@ def test_kill_9_during_indexing_leaves_a_resumable_index(pdata: Path) -> None:
     paths = make_tiles(folder, n=48, seed=23, size=32)
     script = (
         "import sys\n"
-        "from medlab.pathology import index_folder\n"
+        "from medlab.retrieval.pathology import index_folder\n"
         "def progress(f, m):\n"
         "    print(m, flush=True)\n"
         "    if 'Encoded' in m: __import__('time').sleep(0.3)\n"
@@ -309,8 +309,8 @@ def test_open_clip_hub_source_loads_safetensors_from_the_hf_cache(
     open_clip "local-dir"; a repo without safetensors is unavailable (never random weights)."""
     import torch
 
-    from medlab.loaders import get_model, reset_cache
-    from medlab.registry import get_spec
+    from medlab.core.loaders import get_model, reset_cache
+    from medlab.core.registry import get_spec
 
     repo = get_spec("clip_baseline").default_source
     tiny = Path(use_tiny_models["MEDLAB_MODEL_CLIP_BASELINE"])

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from medlab import knowledge
+from medlab.retrieval import knowledge
 
 ROOT = Path(__file__).resolve().parent.parent
 N_DOCS = 24
@@ -76,7 +76,7 @@ def _assert_whole(state: dict[str, Any]) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    from medlab.vectorstore import reset_clients
+    from medlab.retrieval.vectorstore import reset_clients
 
     data, kdir = tmp_path / "data", tmp_path / "knowledge"
     kdir.mkdir()
@@ -92,7 +92,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
 def _restart() -> None:
     """What a restart drops for the store: chroma clients and the 'ingested' memo (the
     embedder stays loaded: it holds no state about the store, and reloading costs time)."""
-    from medlab.vectorstore import reset_clients
+    from medlab.retrieval.vectorstore import reset_clients
 
     reset_clients()
     knowledge.reset_ready()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from medlab.errors import InputError, InsufficientMemoryError, ModelUnavailableError, UnsupportedFileError
-from medlab.radiograph import (
+from medlab.core.errors import InputError, InsufficientMemoryError, ModelUnavailableError, UnsupportedFileError
+from medlab.generation.radiograph import (
     DEFAULT_INSTRUCTION,
     CaptionSettings,
     InstructionError,
@@ -59,10 +59,10 @@ def test_adapter_toggle_changes_logits_and_off_equals_base_weights(use_tiny_mode
     base_dir = use_tiny_models["MEDLAB_MODEL_CAPTIONER"]
     processor = AutoProcessor.from_pretrained(base_dir)
     base = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
-    from medlab.radiograph import _preprocess, load_radiograph
-    from medlab.loaders import LoadedModel
+    from medlab.generation.radiograph import _preprocess, load_radiograph
+    from medlab.core.loaders import LoadedModel
 
-    inputs = _preprocess(LoadedModel("captioner", base, processor, "cpu"), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
+    inputs = _preprocess(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():
         reference = base(**inputs).logits[0, -1].float()
     assert torch.allclose(off, reference, atol=1e-5)
@@ -77,7 +77,7 @@ def test_adapter_with_transformers_4_key_layout_loads_the_same(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from medlab.loaders import reset_cache
+    from medlab.core.loaders import reset_cache
 
     src = Path(use_tiny_models["MEDLAB_MODEL_CAPTIONER_ADAPTER"])
     legacy = tmp_path / "legacy-adapter"
@@ -100,7 +100,7 @@ def test_without_adapter_runs_base_model_and_toggle_is_refused(
     import torch
 
     with_adapter_off = next_token_logits(PHANTOM, use_adapter=False)
-    from medlab.loaders import reset_cache
+    from medlab.core.loaders import reset_cache
 
     reset_cache()
     monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER_ADAPTER", "none")
@@ -126,8 +126,8 @@ def test_adapter_dir_without_config_is_refused_with_the_variable(
 def test_stream_grows_and_ends_with_what_generate_returns(use_tiny_models: dict[str, str]) -> None:
     import torch
 
-    from medlab.loaders import get_model
-    from medlab.radiograph import _preprocess, load_radiograph
+    from medlab.core.loaders import get_model
+    from medlab.generation.radiograph import _preprocess, load_radiograph
 
     updates = list(caption_stream(PHANTOM, settings=GREEDY))
     assert len(updates) > 1
@@ -147,7 +147,7 @@ def test_stream_grows_and_ends_with_what_generate_returns(use_tiny_models: dict[
 
 
 def test_closing_the_stream_stops_generation_and_frees_the_model(use_tiny_models: dict[str, str]) -> None:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     long = CaptionSettings(max_new_tokens=1024, temperature=0.0)
     stream = caption_stream(PHANTOM, settings=long)
@@ -176,7 +176,7 @@ def test_sampling_settings_are_validated() -> None:
 
 
 def test_bad_inputs_fail_before_any_model_load(use_tiny_models: dict[str, str], tmp_path: Path) -> None:
-    from medlab.loaders import get_cache
+    from medlab.core.loaders import get_cache
 
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is text, not a PNG")
@@ -193,8 +193,8 @@ def test_bad_inputs_fail_before_any_model_load(use_tiny_models: dict[str, str], 
 def test_default_11b_is_refused_in_under_a_second_with_the_memory_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from medlab.config import cuda_expected
-    from medlab.loaders import get_cache
+    from medlab.core.config import cuda_expected
+    from medlab.core.loaders import get_cache
 
     monkeypatch.delenv("MEDLAB_MODEL_CAPTIONER", raising=False)
     monkeypatch.delenv("MEDLAB_CAPTIONER_ENDPOINT", raising=False)
@@ -269,7 +269,7 @@ def test_remote_backend_sends_openai_chat_request_and_streams(
 ) -> None:
     from PIL import Image
 
-    from medlab.loaders import get_cache
+    from medlab.core.loaders import get_cache
 
     monkeypatch.delenv("MEDLAB_MODEL_CAPTIONER", raising=False)  # the 11B default: must not matter
     monkeypatch.setenv("MEDLAB_CAPTIONER_ENDPOINT", stub_server.url)

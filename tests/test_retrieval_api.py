@@ -15,7 +15,7 @@ from tests.test_pathology import make_tiles
 @pytest.fixture(scope="module")
 def indexed(live_app: tuple[str, object], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Tiles indexed for PLIP in the live app's data dir (same process, same env)."""
-    from medlab import pathology
+    from medlab.retrieval import pathology
 
     folder = tmp_path_factory.mktemp("api-tiles")
     tiles = make_tiles(folder, n=6, seed=21)
@@ -85,7 +85,7 @@ def test_pathology_similar_returns_the_query_tile_first(live_app: tuple[str, obj
 def test_pathology_zero_shot_gives_both_models_probabilities(live_app: tuple[str, object], indexed: list[Path]) -> None:
     from gradio_client import handle_file
 
-    from medlab.registry import KATHER_CLASSES
+    from medlab.core.registry import KATHER_CLASSES
 
     _, client = live_app
     plip, clip, notes = client.predict(handle_file(str(indexed[0])), api_name="/pathology_zero_shot")
@@ -103,7 +103,7 @@ def test_pathology_bad_zip_is_a_clear_error(live_app: tuple[str, object], indexe
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    from medlab import pathology
+    from medlab.retrieval import pathology
 
     _, client = live_app
     before = pathology.image_collection("plip").count()

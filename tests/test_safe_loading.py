@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medlab.errors import ModelUnavailableError
+from medlab.core.errors import ModelUnavailableError
 from tests import bad_files as bf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def _pickle_only_copy(src: str, dst: Path, marker: Path | None) -> Path:
 def test_pickle_weights_refused_unless_allowed_and_never_executed(
     key: str, use_tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medlab.loaders import get_model, reset_cache
+    from medlab.core.loaders import get_model, reset_cache
 
     var = KEYS[key]
     marker = tmp_path / "pwned"
@@ -144,7 +144,7 @@ def test_dicom_patient_tags_never_shown_or_logged(live_app, tmp_path: Path, capl
 
 
 def test_decoded_dicom_info_has_no_patient_tags(tmp_path: Path) -> None:
-    from medlab.imaging import load_dicom
+    from medlab.io.imaging import load_dicom
 
     decoded = load_dicom(bf.dicom_with_patient(tmp_path))
     text = repr(decoded.info)

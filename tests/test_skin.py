@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab import classify, skin
-from medlab.errors import InputError
-from medlab.registry import get_spec
+from medlab.vision import classify, skin
+from medlab.core.errors import InputError
+from medlab.core.registry import get_spec
 
 ASSETS = Path(__file__).parent.parent / "assets"
 
@@ -78,7 +78,7 @@ def test_unmapped_label_names_the_label_and_the_spec() -> None:
     with pytest.raises(classify.LabelMappingError) as info:
         classify.map_labels(["melanoma", "LABEL_1"], get_spec("skin"))
     message = str(info.value)
-    assert "'LABEL_1'" in message and "'skin' spec" in message and "medlab/registry.py" in message
+    assert "'LABEL_1'" in message and "'skin' spec" in message and "medlab/core/registry.py" in message
 
 
 def test_malignant_probability_sums_the_malignant_classes() -> None:

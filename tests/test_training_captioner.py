@@ -38,7 +38,7 @@ def test_lora_recipe_trains_and_the_app_uses_the_adapter(base_mllama: Path, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from medlab import radiograph
+    from medlab.generation import radiograph
     from training import finetune_captioner
 
     data = make_caption_data(tmp_path / "data")

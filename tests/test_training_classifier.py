@@ -71,7 +71,7 @@ def test_help_warns_against_smote() -> None:
 def test_trained_model_is_a_standard_dir_the_app_loads(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
     from training.common import load_rgb
 
     data, out = trained
@@ -93,7 +93,7 @@ def test_trained_model_is_a_standard_dir_the_app_loads(trained: tuple[Path, Path
     images = [load_rgb(data / rel) for rel in splits["test"]]
     truth = [list(LUNG_CLASSES).index(Path(rel).parts[0]) for rel in splits["test"]]
     with torch.inference_mode():
-        logits = loaded.model(**loaded.processor(images=images, return_tensors="pt")).logits
+        logits = loaded.model(**loaded.image_processor(images=images, return_tensors="pt")).logits
     accuracy = float((logits.argmax(-1).numpy() == np.asarray(truth)).mean())
     assert accuracy >= 0.75, f"held-out accuracy {accuracy:.2f} (chance 0.33)"
 
@@ -101,7 +101,7 @@ def test_trained_model_is_a_standard_dir_the_app_loads(trained: tuple[Path, Path
 def test_evaluation_report_reaches_the_model_card(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    from medlab.cards import card_markdown, evaluation_plots, evaluation_report
+    from medlab.core.cards import card_markdown, evaluation_plots, evaluation_report
     from training import evaluate_classifier
 
     data, out = trained

@@ -40,9 +40,9 @@ def base_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_finetune_then_rouge_report(base_t5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medlab.cards import card_markdown, evaluation_plots, evaluation_report
-    from medlab.loaders import get_model
-    from medlab.metrics import rouge
+    from medlab.core.cards import card_markdown, evaluation_plots, evaluation_report
+    from medlab.core.loaders import get_model
+    from medlab.generation.metrics import rouge
     from training import evaluate_impression, finetune_impression
 
     train = write_jsonl(tmp_path / "train.jsonl", make_reports(64, seed=0))

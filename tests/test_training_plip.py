@@ -27,7 +27,7 @@ def tiny_vl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_linear_probe_reports_both_models(tiny_vl: Path, tmp_path: Path) -> None:
     from sklearn.metrics import f1_score
 
-    from medlab.cards import card_markdown, evaluation_plots
+    from medlab.core.cards import card_markdown, evaluation_plots
     from training import plip_linear_probe
 
     data = make_colour_folder(tmp_path / "tiles", TISSUES, n=16, size=32, seed=2)

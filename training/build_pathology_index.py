@@ -5,7 +5,7 @@ CC-BY-4.0) as parquet on the Hugging Face Hub (`1aurent/NCT-CRC-HE`). The script
 parquet shards of one split with huggingface_hub (no `datasets` needed; reading parquet needs
 `pyarrow`), draws a stratified sample of N tiles per tissue class, writes them as PNG under
 <out>/<CLASS>/ with a captions.csv (file,label,caption) and an ATTRIBUTION.txt, and indexes
-them for the chosen models through the app's own engine (medlab.pathology.index_folder).
+them for the chosen models through the app's own engine (medlab.retrieval.pathology.index_folder).
 The written folder is also a valid input for `python -m training.plip_linear_probe --data`.
 
 Or index a local folder of images you already have (`--folder`), e.g. a Zenodo download.
@@ -78,7 +78,7 @@ def download_sample(repo: str, split: str, per_class: int, out: Path, seed: int,
     from huggingface_hub import HfApi, hf_hub_download
     from PIL import Image
 
-    from medlab.registry import KATHER_CLASSES
+    from medlab.core.registry import KATHER_CLASSES
 
     pq = _need_pyarrow()
     files = [f for f in HfApi().list_repo_files(repo, repo_type="dataset", revision=revision)
@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from medlab.config import load_settings
-    from medlab.errors import MedlabError
-    from medlab.pathology import MODELS, index_folder
+    from medlab.core.config import load_settings
+    from medlab.core.errors import MedlabError
+    from medlab.retrieval.pathology import MODELS, index_folder
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]

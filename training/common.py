@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medlab.classify import normalise_label  # noqa: F401 - one label normalisation for app and training
+from medlab.vision.classify import normalise_label  # noqa: F401 - one label normalisation for app and training
 
 log = logging.getLogger("training")
 
@@ -88,16 +88,16 @@ def scan_image_folder(root: str | os.PathLike[str]) -> ImageFolder:
 def load_rgb(path: Path) -> Any:
     """An image or DICOM file as a PIL RGB image, through the app's own decoder (same
     windowing and safety limits as the tabs)."""
-    from medlab.imaging import load_any
+    from medlab.io.imaging import load_any
 
     return load_any(path).image
 
 
 def default_report_dir(key: str | None, model: str) -> Path:
-    """Next to local weights; else MEDLAB_DATA_DIR/reports/<key> (where medlab/cards.py looks)."""
+    """Next to local weights; else MEDLAB_DATA_DIR/reports/<key> (where medlab/core/cards.py looks)."""
     if Path(model).expanduser().is_dir():
         return Path(model).expanduser().resolve()
-    from medlab.config import load_settings
+    from medlab.core.config import load_settings
 
     return load_settings().data_dir / "reports" / (key or "unnamed")
 

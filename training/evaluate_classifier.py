@@ -104,7 +104,7 @@ def predict(net: Any, processor: Any, folder: ImageFolder, device: str, batch_si
 
 def label_space(model_labels: list[str], folder_classes: tuple[str, ...], key: str | None) -> tuple[list[str], list[list[int]], dict[int, int]]:
     """The labels evaluated, which model columns sum into each, and folder class -> label index."""
-    from medlab.registry import get_spec
+    from medlab.core.registry import get_spec
 
     mapping: dict[str, str] = {}
     if key:
@@ -279,7 +279,7 @@ def card_section(report: dict[str, Any]) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from medlab.evaluation import evaluate_predictions, merge_columns
+    from medlab.vision.evaluation import evaluate_predictions, merge_columns
 
     seed_everything(args.seed)
     device = pick_device(args.device)
@@ -296,7 +296,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     positive = args.positive
     if positive is None:
         if args.key:
-            from medlab.registry import get_spec
+            from medlab.core.registry import get_spec
 
             positive = get_spec(args.key).params.get("positive_label", "malignant")
         positive = positive if positive in labels else ("malignant" if "malignant" in labels else None)

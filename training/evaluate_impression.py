@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load(model: str | None, device: str) -> Any:
     """Through the app's own loader (safetensors only, no remote code)."""
-    from medlab.config import model_env_var
-    from medlab.loaders import load_seq2seq
-    from medlab.registry import get_spec, resolve_source
+    from medlab.core.config import model_env_var
+    from medlab.core.loaders import load_seq2seq
+    from medlab.core.registry import get_spec, resolve_source
 
     environ = None if model is None else {model_env_var("impression"): model}
     source = resolve_source("impression", environ)
@@ -58,9 +58,9 @@ def generate_all(loaded: Any, findings: list[str], args: argparse.Namespace, des
     import torch
     from tqdm.auto import tqdm
 
-    from medlab.impression import build_prompt, token_limit
+    from medlab.generation.impression import build_prompt, token_limit
 
-    tok, model = loaded.processor, loaded.model
+    tok, model = loaded.tokenizer, loaded.model
     limit = token_limit(tok, model)
     out: list[str] = []
     with torch.inference_mode():
@@ -73,14 +73,14 @@ def generate_all(loaded: Any, findings: list[str], args: argparse.Namespace, des
 
 
 def score(predictions: list[str], references: list[str]) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    from medlab.metrics import rouge, summarize
+    from medlab.generation.metrics import rouge, summarize
 
     rows = [rouge(p, r) for p, r in zip(predictions, references, strict=True)]
     return rows, summarize(rows)
 
 
 def write_plots(out: Path, rows: list[dict[str, float]], baseline_rows: list[dict[str, float]] | None) -> list[str]:
-    from medlab.metrics import ROUGE_TYPES
+    from medlab.generation.metrics import ROUGE_TYPES
 
     plt = pyplot()
     plots = out / "plots"
@@ -111,8 +111,8 @@ def write_plots(out: Path, rows: list[dict[str, float]], baseline_rows: list[dic
 
 
 def card_section(report: dict[str, Any]) -> str:
-    from medlab.impression import DOC_002_ROUGE
-    from medlab.metrics import ROUGE_TYPES
+    from medlab.generation.impression import DOC_002_ROUGE
+    from medlab.generation.metrics import ROUGE_TYPES
 
     rows = [[f"**this model** ({report['n']} reports of `{Path(report['data']).name}`)",
              *(report["rouge"][n]["mean"] for n in ROUGE_TYPES)]]

@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _batches(pairs: list[tuple[str, str]], tokenizer: Any, args: argparse.Namespace, shuffle: bool, generator: Any) -> list[dict[str, Any]]:
     import torch
 
-    from medlab.impression import build_prompt
+    from medlab.generation.impression import build_prompt
 
     order = torch.randperm(len(pairs), generator=generator).tolist() if shuffle else list(range(len(pairs)))
     out = []
@@ -186,7 +186,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "generator": gen.get_state(), "state": state}, ckpt / "trainer_state.pt")
 
-    summary = {"created": utc_now(), "base_model": args.model, "prompt": "document 002 (medlab.impression.PROMPT)",
+    summary = {"created": utc_now(), "base_model": args.model, "prompt": "document 002 (medlab.generation.impression.PROMPT)",
                "train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "epochs": args.epochs, "lr": args.lr,
                "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed, **state}
     write_json(args.out / "training_log.json", summary)

@@ -59,18 +59,18 @@ def embed(key: str, folder: ImageFolder, batch_size: int) -> np.ndarray:
     import torch
     from tqdm.auto import tqdm
 
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     loaded = get_model(key)
     rows = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(folder.paths), batch_size), desc=f"embedding ({key})", unit="batch"):
             images = [load_rgb(p) for p in folder.paths[start : start + batch_size]]
-            if loaded.extras.get("tokenizer") is not None:  # open_clip: processor is a torchvision transform
-                x = torch.stack([loaded.processor(im) for im in images]).to(loaded.device)
+            if loaded.transform is not None:  # open_clip: a torchvision transform
+                x = torch.stack([loaded.transform(im) for im in images]).to(loaded.device)
                 feats = loaded.model.encode_image(x)
             else:
-                inputs = loaded.processor(images=images, return_tensors="pt")
+                inputs = loaded.image_processor(images=images, return_tensors="pt")
                 feats = loaded.model.get_image_features(pixel_values=inputs["pixel_values"].to(loaded.device))
                 feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
             rows.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
@@ -94,8 +94,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, classification_report, f1_score
     from sklearn.model_selection import train_test_split
 
-    from medlab.errors import MedlabError
-    from medlab.registry import resolve_source
+    from medlab.core.errors import MedlabError
+    from medlab.core.registry import resolve_source
 
     seed_everything(args.seed)
     folder = scan_image_folder(args.data)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from medlab.errors import ConfigError
+from medlab.core.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 _CUDA_INDEXED = re.compile(r"^cuda:\d+$")

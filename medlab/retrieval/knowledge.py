@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlab.config import PROJECT_ROOT, load_settings
-from medlab.errors import CorruptFileError, InputError, MedlabError, UnsupportedFileError
-from medlab.vectorstore import file_sha256
+from medlab.core.config import PROJECT_ROOT, load_settings
+from medlab.core.errors import CorruptFileError, InputError, MedlabError, UnsupportedFileError
+from medlab.retrieval.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def chunk_document(doc: str, path: Path) -> list[Chunk]:
 
 # -- embedding + store ----------------------------------------------------------------------
 def _embedder(progress: Progress | None = None) -> Any:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     return get_model("embedder", progress).model
 
@@ -328,7 +328,7 @@ KNOWLEDGE_EF_SEARCH = 400
 
 
 def collection() -> Any:
-    from medlab.vectorstore import collection_name, get_collection, model_fingerprint
+    from medlab.retrieval.vectorstore import collection_name, get_collection, model_fingerprint
 
     # A knowledge base is small (thousands of chunks), so a wide HNSW beam costs little and
     # keeps the approximate top-1 equal to the exact one (ef 100 missed 1 of 24: bench/results.md).
@@ -363,7 +363,7 @@ def ingest(
 
     Incremental by content hash; safe to interrupt: chunk ids are derived from the file hash,
     and a document counts as indexed only when all its chunks are stored."""
-    from medlab.vectorstore import upsert
+    from medlab.retrieval.vectorstore import upsert
 
     report = IngestReport()
     report_progress = progress or (lambda f, m: None)
@@ -419,7 +419,7 @@ def ingest(
 
 
 def _ready_key() -> str:
-    from medlab.vectorstore import _client_key, model_fingerprint
+    from medlab.retrieval.vectorstore import _client_key, model_fingerprint
 
     return "|".join(_client_key()) + "|" + model_fingerprint("embedder")
 
@@ -498,7 +498,7 @@ def generate(key: str, question: str, passages: list[Passage], progress: Progres
     """A seq2seq model's answer written from the passages only (prompted to stay inside them)."""
     import torch
 
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     lm = get_model(key, progress)
     context = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages[:3], 1))
@@ -506,10 +506,10 @@ def generate(key: str, question: str, passages: list[Passage], progress: Progres
         "Answer the question using only the context. If the context does not contain the answer, "
         f"say that the documents do not say.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
     )
-    enc = lm.processor(prompt, return_tensors="pt", truncation=True, max_length=512).to(lm.device)
+    enc = lm.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=512).to(lm.device)
     with torch.inference_mode():
         out = lm.model.generate(**enc, max_new_tokens=GENERATE_MAX_NEW_TOKENS, num_beams=2, do_sample=False)
-    return lm.processor.decode(out[0], skip_special_tokens=True).strip()
+    return lm.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
 def grounding(text: str, passages: list[Passage]) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medlab.errors import InsufficientMemoryError, MedlabError
+from medlab.core.errors import InsufficientMemoryError, MedlabError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medlab.config import load_settings
-from medlab.errors import MedlabError
+from medlab.core.config import load_settings
+from medlab.core.errors import MedlabError
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def model_fingerprint(key: str) -> str:
     embeddings of a changed model never mix with the old ones."""
     from pathlib import Path
 
-    from medlab.registry import resolve_source
+    from medlab.core.registry import resolve_source
 
     source = resolve_source(key)
     h = hashlib.sha256(f"{source.location}|{source.revision or ''}".encode())

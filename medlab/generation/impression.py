@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medlab.cache import Progress
-from medlab.errors import InputError, UnsupportedFileError
-from medlab.metrics import ROUGE_TYPES, rouge, summarize
+from medlab.core.cache import Progress
+from medlab.core.errors import InputError, UnsupportedFileError
+from medlab.generation.metrics import ROUGE_TYPES, rouge, summarize
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Encoded:
 
 def encode(loaded: Any, findings: Sequence[str]) -> Encoded:
     """Tokenise document 002's prompt for each findings text, truncating at the model limit."""
-    tokenizer = loaded.processor
+    tokenizer = loaded.tokenizer
     limit = token_limit(tokenizer, loaded.model)
     prompts = [build_prompt(f) for f in findings]
     n_tokens = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
@@ -205,7 +205,7 @@ def impression_stream(
     progress: Progress | None = None,
 ) -> Iterator[ImpressionUpdate]:
     """Generate the impression for findings (or a whole report); stream when num_beams == 1."""
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     settings = (settings or ImpressionSettings()).validated()
     parts = split_report(check_text(text))
@@ -225,9 +225,9 @@ def impression_stream(
     started = time.perf_counter()
     generated = ""
     if settings.num_beams == 1:
-        from medlab.radiograph import stream_generate
+        from medlab.generation.radiograph import stream_generate
 
-        for generated in stream_generate(loaded.model, loaded.processor, encoded.inputs,
+        for generated in stream_generate(loaded.model, loaded.tokenizer, encoded.inputs,
                                          settings.generate_kwargs(), cancel=cancel):
             yield ImpressionUpdate(generated, False, parts.findings, ref, None, list(notes))
     else:
@@ -244,7 +244,7 @@ def _generate(loaded: Any, encoded: Encoded, settings: ImpressionSettings) -> li
 
     with torch.inference_mode():
         out = loaded.model.generate(**encoded.inputs, **settings.generate_kwargs())
-    return [t.strip() for t in loaded.processor.batch_decode(out, skip_special_tokens=True)]
+    return [t.strip() for t in loaded.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
 def generate_impression(text: str, reference: str | None = None, settings: ImpressionSettings | None = None) -> ImpressionUpdate:
@@ -317,7 +317,7 @@ def _records(text: str, suffix: str, name: str) -> tuple[list[str], list[dict[st
 
 def read_batch_file(path: str | Path, max_rows: int = MAX_BATCH_ROWS) -> tuple[list[BatchRow], list[str]]:
     """Rows of findings (+ optional references) from a CSV, JSONL or JSON file, and notes."""
-    from medlab.imaging import check_file_size
+    from medlab.io.imaging import check_file_size
 
     p = Path(path)
     suffix = p.suffix.lower()
@@ -367,7 +367,7 @@ def read_batch_file(path: str | Path, max_rows: int = MAX_BATCH_ROWS) -> tuple[l
 @dataclass
 class BatchResult:
     rows: list[dict[str, Any]]  # row, findings, reference, generated, truncated, rouge1..rougeLsum
-    summary: dict[str, dict[str, float]]  # medlab.metrics.summarize over the scored rows
+    summary: dict[str, dict[str, float]]  # medlab.generation.metrics.summarize over the scored rows
     csv_path: Path
     notes: list[str]
     seconds: float
@@ -395,7 +395,7 @@ def evaluate_batch(
     output_dir: Path | None = None,
 ) -> BatchResult:
     """Generate an impression per row, score it against its reference, summarise, save CSV."""
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     settings = (settings or ImpressionSettings()).validated()
     report = progress or (lambda fraction, message: None)

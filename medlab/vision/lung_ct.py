@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from medlab import classify, gate
-from medlab.cache import Progress
-from medlab.errors import InputError
-from medlab.registry import ModelSpec, get_spec
+from medlab.vision import classify, gate
+from medlab.core.cache import Progress
+from medlab.core.errors import InputError
+from medlab.core.registry import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ def classify_lung(
     progress: Progress | None = None,
 ) -> LungResult:
     """Decode (image or DICOM) -> gate -> preprocess -> forward+Grad-CAM -> postprocess."""
-    from medlab.gradcam import grad_cam, overlay, place_in_input
-    from medlab.imaging import load_any
-    from medlab.loaders import get_model
+    from medlab.vision.gradcam import grad_cam, overlay, place_in_input
+    from medlab.io.imaging import load_any
+    from medlab.core.loaders import get_model
 
     if not path:
         raise InputError("No file was given. Upload a CT slice (PNG/JPEG or DICOM).")
@@ -135,7 +135,7 @@ def classify_lung(
         explained = f"{mapped[cam.class_index]} (predicted)"
 
     width, height = decoded.image.size
-    box = classify.visible_box(loaded.processor, width, height)
+    box = classify.visible_box(loaded.image_processor, width, height)
     heat = place_in_input(cam.cam, box, width, height)
     image = overlay(decoded.image, heat, float(opacity), box)
     info = {k: v for k, v in decoded.info.items()

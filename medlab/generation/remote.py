@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from medlab.config import load_settings
-from medlab.errors import ModelUnavailableError
+from medlab.core.config import load_settings
+from medlab.core.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 

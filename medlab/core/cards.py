@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medlab.config import load_settings
-from medlab.errors import MedlabError
-from medlab.registry import get_spec, resolve_source
-from medlab.status import availability, hub_cached_snapshot
+from medlab.core.config import load_settings
+from medlab.core.errors import MedlabError
+from medlab.core.registry import get_spec, resolve_source
+from medlab.core.status import availability, hub_cached_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from medlab.config import Settings, load_settings
-from medlab.errors import (
+from medlab.core.config import Settings, load_settings
+from medlab.core.errors import (
     CorruptFileError,
     DicomError,
     ImageTooLargeError,

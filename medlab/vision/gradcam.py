@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medlab.errors import ModelUnavailableError
+from medlab.core.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def grad_cam(
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from medlab.classify import logits_module
+    from medlab.vision.classify import logits_module
 
     layer = find_target_layer(model, target_layer)
     wrapped = logits_module(model)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from medlab.errors import ModelUnavailableError
-from medlab.registry import ModelSpec
+from medlab.core.errors import ModelUnavailableError
+from medlab.core.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def map_labels(labels: Sequence[str], spec: ModelSpec) -> list[str]:
                 f"the label_map of the '{spec.key}' spec, which maps {sorted(table)} to "
                 f"{sorted(set(table.values()))}.",
                 f"add {normalise_label(label)!r} to the '{spec.key}' spec's label_map in "
-                "medlab/registry.py, or point "
+                "medlab/core/registry.py, or point "
                 f"MEDLAB_MODEL_{spec.key.upper()} at a checkpoint whose id2label uses known names.",
             )
         mapped.append(app)
@@ -83,7 +83,7 @@ def aggregate(
 def preprocess(loaded: Any, image: Any) -> Any:
     """PIL RGB image -> pixel_values tensor on the model's device, with the checkpoint's own
     processor (size, crop, normalisation all come from it)."""
-    processor = loaded.processor
+    processor = loaded.image_processor
     if processor is None:
         raise ModelUnavailableError(loaded.key, "the checkpoint has no image processor config.",
                                     "add preprocessor_config.json next to the weights.")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlab.cache import ModelCache, Progress
-from medlab.config import cuda_expected, load_settings, resolve_device
-from medlab.errors import InsufficientMemoryError, MedlabError, ModelUnavailableError
-from medlab.registry import ModelSource, ModelSpec, get_spec, resolve_source
+from medlab.core.cache import ModelCache, Progress
+from medlab.core.config import cuda_expected, load_settings, resolve_device
+from medlab.core.errors import InsufficientMemoryError, MedlabError, ModelUnavailableError
+from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,13 @@ class LoadedModel:
 
     key: str
     model: Any
-    processor: Any = None  # image processor, tokenizer, CLIPProcessor or transform
     device: str = "cpu"
     source: ModelSource | None = None
+    # Each preprocessing piece has its own field, so a caller never has to guess what it holds.
+    tokenizer: Any = None  # text -> token ids (seq2seq tokenizer, CLIP tokenizer, open_clip tokenizer)
+    image_processor: Any = None  # transformers image processor (classifiers, CLIP's image side)
+    transform: Any = None  # torchvision transform (open_clip's preprocess)
+    processor: Any = None  # multimodal processor with a chat template (captioners) only
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,8 +131,9 @@ def _load_pretrained(
     model_class: str,
     processor_class: str,
 ) -> LoadedModel:
-    """from_pretrained a transformers model class and its processor class by name, with the
-    safety rules of hub_kwargs and errors translated for the user."""
+    """from_pretrained a transformers model class and its preprocessing class by name, with
+    the safety rules of hub_kwargs and errors translated for the user. The preprocessing
+    lands in the LoadedModel field that names what it is (PREPROCESSING_FIELDS)."""
     _prepare(spec, source)
     with translate_load_errors(source):
         import transformers
@@ -140,7 +145,15 @@ def _load_pretrained(
         )
         progress(0.4, f"Reading {spec.key} weights")
         model = getattr(transformers, model_class).from_pretrained(source.location, **kwargs)
-    return LoadedModel(spec.key, _place(model, device), processor, device, source)
+    return LoadedModel(spec.key, _place(model, device), device, source, **PREPROCESSING_FIELDS[processor_class](processor))
+
+
+# What each transformers preprocessing class provides, as LoadedModel fields.
+PREPROCESSING_FIELDS: dict[str, Any] = {
+    "AutoImageProcessor": lambda p: {"image_processor": p},
+    "AutoTokenizer": lambda p: {"tokenizer": p},
+    "CLIPProcessor": lambda p: {"tokenizer": p.tokenizer, "image_processor": p.image_processor},
+}
 
 
 def load_image_classifier(
@@ -201,9 +214,7 @@ def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: 
         progress(0.5, f"Building {spec.key}")
         model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
         tokenizer = open_clip.get_tokenizer(name)
-    return LoadedModel(
-        spec.key, _place(model, device), preprocess, device, source, extras={"tokenizer": tokenizer}
-    )
+    return LoadedModel(spec.key, _place(model, device), device, source, tokenizer=tokenizer, transform=preprocess)
 
 
 def load_sentence_transformer(
@@ -219,7 +230,7 @@ def load_sentence_transformer(
             kwargs["revision"] = source.revision
         model = SentenceTransformer(source.location, **kwargs)
     model.eval()
-    return LoadedModel(spec.key, model, None, device, source)
+    return LoadedModel(spec.key, model, device, source)
 
 
 # -- memory estimates and the process-wide cache ------------------------------------------

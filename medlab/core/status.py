@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medlab.config import load_settings
-from medlab.errors import MedlabError, ModelUnavailableError
-from medlab.registry import get_spec, model_keys, resolve_source
+from medlab.core.config import load_settings
+from medlab.core.errors import MedlabError, ModelUnavailableError
+from medlab.core.registry import get_spec, model_keys, resolve_source
 
 HUB_HOST = "huggingface.co"
 _probe_lock = threading.Lock()
@@ -116,7 +116,7 @@ def availability(key: str, loaded: bool = False, wait_for_probe: bool = False) -
     if loaded:
         return Availability(source=source.location, origin=origin, status="loaded", **common)
     if spec.needs_gpu and source.is_default:
-        from medlab.loaders import check_hardware
+        from medlab.core.loaders import check_hardware
 
         try:
             check_hardware(key)
@@ -148,7 +148,7 @@ def availability(key: str, loaded: bool = False, wait_for_probe: bool = False) -
 
 def model_status() -> dict[str, Any]:
     """JSON-ready status: cache stats plus each model's availability."""
-    from medlab.loaders import get_cache
+    from medlab.core.loaders import get_cache
 
     cache = get_cache()
     settings = load_settings()

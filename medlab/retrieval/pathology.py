@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlab.config import load_settings
-from medlab.errors import InputError, MedlabError, ModelUnavailableError, UnsupportedFileError
-from medlab.registry import KATHER_CLASSES, get_spec
-from medlab.vectorstore import file_sha256
+from medlab.core.config import load_settings
+from medlab.core.errors import InputError, MedlabError, ModelUnavailableError, UnsupportedFileError
+from medlab.core.registry import KATHER_CLASSES, get_spec
+from medlab.retrieval.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _is_open_clip(key: str) -> bool:
 
 
 def _loaded(key: str, progress: Progress | None = None) -> Any:
-    from medlab.loaders import get_model
+    from medlab.core.loaders import get_model
 
     return get_model(_check_key(key), progress)
 
@@ -134,9 +134,9 @@ def encode_images(key: str, images: Sequence[Any], progress: Progress | None = N
     lm = _loaded(key, progress)
     # preprocess
     if _is_open_clip(key):
-        pixels = torch.stack([lm.processor(img) for img in images]).to(lm.device)
+        pixels = torch.stack([lm.transform(img) for img in images]).to(lm.device)
     else:
-        pixels = lm.processor(images=list(images), return_tensors="pt")["pixel_values"].to(lm.device)
+        pixels = lm.image_processor(images=list(images), return_tensors="pt")["pixel_values"].to(lm.device)
     # forward
     with torch.inference_mode():
         feats = lm.model.encode_image(pixels) if _is_open_clip(key) else _hf_features(lm.model.get_image_features(pixel_values=pixels))
@@ -157,11 +157,11 @@ def encode_texts(key: str, texts: Sequence[str], progress: Progress | None = Non
 
     lm = _loaded(key, progress)
     if _is_open_clip(key):
-        tokens = lm.extras["tokenizer"](list(texts)).to(lm.device)  # SimpleTokenizer truncates to 77
+        tokens = lm.tokenizer(list(texts)).to(lm.device)  # SimpleTokenizer truncates to 77
         with torch.inference_mode():
             feats = lm.model.encode_text(tokens)
     else:
-        enc = lm.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True,
+        enc = lm.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
                            max_length=MAX_TEXT_TOKENS)
         enc = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         with torch.inference_mode():
@@ -253,7 +253,7 @@ def zero_shot(
 def _as_image(image: Any) -> Any:
     from PIL import Image
 
-    from medlab.imaging import load_image
+    from medlab.io.imaging import load_image
 
     if image is None:
         raise InputError("Upload an image (an H&E tile works best).")
@@ -264,7 +264,7 @@ def _as_image(image: Any) -> Any:
 
 # -- index storage -------------------------------------------------------------------------------
 def image_collection(key: str) -> Any:
-    from medlab.vectorstore import collection_name, get_collection, model_fingerprint
+    from medlab.retrieval.vectorstore import collection_name, get_collection, model_fingerprint
 
     _check_key(key)
     return get_collection(collection_name("pathology", key, model_fingerprint(key)),
@@ -360,8 +360,8 @@ def index_folder(
     """Index every image of `folder` (recursively) for model `key`. Incremental and resumable:
     images already stored (same bytes) are not encoded again; images that used to come from
     this folder (same `source`) and are gone now leave the index."""
-    from medlab.imaging import load_image
-    from medlab.vectorstore import existing_ids, upsert
+    from medlab.io.imaging import load_image
+    from medlab.retrieval.vectorstore import existing_ids, upsert
 
     _check_key(key)
     root = Path(folder).expanduser()
@@ -618,7 +618,7 @@ def load_thumbnail(hit: Hit) -> Any:
 
 
 # -- what the UI may index -------------------------------------------------------------------------
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "pathology"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "pathology"
 
 
 def allowed_roots() -> list[Path]:

@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from medlab import classify, gate
-from medlab.cache import Progress
-from medlab.errors import InputError
-from medlab.registry import ModelSpec, get_spec
+from medlab.vision import classify, gate
+from medlab.core.cache import Progress
+from medlab.core.errors import InputError
+from medlab.core.registry import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SkinResult:
 # -- threshold and decision --------------------------------------------------------------------
 def decision_threshold(spec: ModelSpec | None = None) -> tuple[float, str]:
     """The tuned threshold: the evaluation report next to the weights wins over the spec."""
-    from medlab.cards import evaluation_report
+    from medlab.core.cards import evaluation_report
 
     spec = spec or get_spec(KEY)
     report = evaluation_report(spec.key) or {}
@@ -121,8 +121,8 @@ def explanation(threshold: float, band: float, source: str) -> str:
 def classify_skin(path: str | os.PathLike[str], progress: Progress | None = None,
                   gate_enabled: bool = True) -> SkinResult:
     """Decode -> gate -> preprocess -> forward -> postprocess for one uploaded image."""
-    from medlab.imaging import load_any
-    from medlab.loaders import get_model
+    from medlab.io.imaging import load_any
+    from medlab.core.loaders import get_model
 
     if not path:
         raise InputError("No image was given. Upload a photo of a skin lesion.")

@@ -14,7 +14,7 @@ ends the generation at the next token. One lock per loaded model serialises gene
 the adapter toggle is model-wide state, and one 11B model cannot serve two requests at once.
 
 When MEDLAB_CAPTIONER_ENDPOINT is set, requests go to that OpenAI-compatible server instead
-(medlab.remote) and no local weights are loaded."""
+(medlab.generation.remote) and no local weights are loaded."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from medlab.cache import Progress
-from medlab.config import load_settings
-from medlab.errors import InputError, MedlabError, ModelUnavailableError
-from medlab.registry import ModelSource, ModelSpec, resolve_source
+from medlab.core.cache import Progress
+from medlab.core.config import load_settings
+from medlab.core.errors import InputError, MedlabError, ModelUnavailableError
+from medlab.core.registry import ModelSource, ModelSpec, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def adapter_source() -> ModelSource | None:
 
 def _read_adapter_config(source: ModelSource) -> dict[str, Any]:
     """adapter_config.json of a local dir or a Hub repo (one small file)."""
-    from medlab.loaders import translate_load_errors
+    from medlab.core.loaders import translate_load_errors
 
     with translate_load_errors(source):
         if source.is_local:
@@ -127,7 +127,7 @@ def _read_adapter_config(source: ModelSource) -> dict[str, Any]:
 def load_adapter_config(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> Any:
     """Registry loader of `captioner_adapter`: the adapter is attached by load_captioner, so
     loading this key on its own only reads and checks its configuration."""
-    from medlab.loaders import LoadedModel
+    from medlab.core.loaders import LoadedModel
 
     progress(0.5, "Reading the adapter configuration")
     config = _read_adapter_config(source)
@@ -136,7 +136,7 @@ def load_adapter_config(spec: ModelSpec, source: ModelSource, device: str, progr
             spec.key, f"{source.location} is a {config.get('peft_type')!r} adapter, not LoRA.",
             f"set {source.env_var} to a LoRA adapter directory.",
         )
-    return LoadedModel(spec.key, None, None, device, source, extras={"config": config})
+    return LoadedModel(spec.key, None, device, source, extras={"config": config})
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def _load_with_transformers(source: ModelSource, device: str, progress: Progress
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medlab.loaders import estimate_bytes, hub_kwargs
+    from medlab.core.loaders import estimate_bytes, hub_kwargs
 
     kwargs = hub_kwargs(source)
     progress(0.1, "Reading the captioner processor (tokenizer + image tiling)")
@@ -200,7 +200,7 @@ def _load_with_transformers(source: ModelSource, device: str, progress: Progress
 
 def load_captioner(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> Any:
     """Registry loader of `captioner`: base Mllama + (optionally) the LoRA adapter."""
-    from medlab.loaders import LoadedModel, check_local_dir, translate_load_errors
+    from medlab.core.loaders import LoadedModel, check_local_dir, translate_load_errors
 
     if source.is_local:
         check_local_dir(source)
@@ -235,7 +235,7 @@ def load_captioner(spec: ModelSpec, source: ModelSource, device: str, progress: 
         FastVisionModel.for_inference(model)
     model.eval()
     return LoadedModel(
-        spec.key, model, processor, device, source,
+        spec.key, model, device, source, processor=processor,
         extras={
             "adapter": adapter.location if adapter is not None else None,
             "backend": backend,
@@ -337,7 +337,7 @@ def load_radiograph(image: Any) -> Any:
         raise InputError("Please upload a radiograph image first.")
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    from medlab.imaging import load_any
+    from medlab.io.imaging import load_any
 
     return load_any(str(image), window="auto").image
 
@@ -380,7 +380,7 @@ def _adapter_context(loaded: Any, use_adapter: bool) -> Callable[[], contextlib.
 
 def get_captioner(progress: Progress | None = None) -> Any:
     """The loaded captioner, refusing fast (with the memory reason) where it cannot run."""
-    from medlab.loaders import check_hardware, get_model
+    from medlab.core.loaders import check_hardware, get_model
 
     check_hardware(CAPTIONER_KEY)  # before the cache's budget check: it names the GPU as the fix
     return get_model(CAPTIONER_KEY, progress)
@@ -402,12 +402,12 @@ def caption_stream(
                 "The remote server serves one (merged) model, so the base-model toggle only works with "
                 "local weights. Unset MEDLAB_CAPTIONER_ENDPOINT to compare base and fine-tuned."
             )
-        from medlab.remote import stream_chat
+        from medlab.generation.remote import stream_chat
 
         pil = load_radiograph(image)
         yield from stream_chat(pil, text, settings, cancel=cancel)
         return
-    from medlab.loaders import check_hardware
+    from medlab.core.loaders import check_hardware
 
     check_hardware(CAPTIONER_KEY)  # refuse an impossible model before anything else
     pil = load_radiograph(image)  # bad input fails before a (slow) model load
@@ -452,7 +452,7 @@ def adapter_info() -> dict[str, Any]:
         if source is None:
             return {}
         if not source.is_local:
-            from medlab.status import hub_cached_snapshot
+            from medlab.core.status import hub_cached_snapshot
 
             snap = hub_cached_snapshot(source.location, source.revision)
             if snap is None:

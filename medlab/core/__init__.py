@@ -1,0 +1,1 @@
+"""Core: settings, errors, the model registry, the model cache and loaders, availability and model cards."""

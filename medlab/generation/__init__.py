@@ -1,0 +1,1 @@
+"""Text generation: radiograph captioning, findings -> impression, remote backends, text metrics."""

@@ -1,0 +1,1 @@
+"""Input/output: image and DICOM decoding with limits, upload guards."""

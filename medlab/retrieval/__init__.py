@@ -1,0 +1,1 @@
+"""Retrieval: the vector store, pathology search / zero-shot and the knowledge assistant."""
