@@ -97,10 +97,17 @@ def test_download_unknown_key_lists_valid() -> None:
     assert proc.returncode == 2 and "plip" in proc.stdout
 
 
-def test_share_is_off_unless_asked() -> None:
+def test_share_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch, tiny_model_env: dict[str, str]) -> None:
+    """The command line decides: no public gradio.live link unless --share is given."""
+    import gradio as gr
+
     import app
 
-    assert app.launch_kwargs("127.0.0.1", 7860, False)["share"] is False
+    launched: list[dict] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    assert app.main([]) == 0
+    assert app.main(["--share"]) == 0
+    assert [kwargs["share"] for kwargs in launched] == [False, True]
 
 
 @pytest.mark.parametrize("flag", ["--help"])

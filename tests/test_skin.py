@@ -50,7 +50,9 @@ def test_threshold_is_not_one_half_and_band_can_be_off() -> None:
 def test_threshold_comes_from_the_spec_then_the_report(tiny_model_env, tmp_path, monkeypatch) -> None:
     spec = get_spec("skin")
     monkeypatch.setenv("MEDLAB_MODEL_SKIN", tiny_model_env["MEDLAB_MODEL_SKIN"])
-    assert skin.decision_threshold(spec) == (0.3677, pytest.approx(skin.decision_threshold(spec)[1]))
+    value, source = skin.decision_threshold(spec)
+    assert value == 0.3677  # document 000's ROC-tuned threshold (seeds/DIGEST.md)
+    assert "registry spec" in source and "evaluation report" not in source
     model_dir = tmp_path / "skin"
     shutil.copytree(tiny_model_env["MEDLAB_MODEL_SKIN"], model_dir)
     (model_dir / "evaluation.json").write_text(json.dumps({"binary_threshold": {"threshold": 0.42}}))
@@ -58,6 +60,9 @@ def test_threshold_comes_from_the_spec_then_the_report(tiny_model_env, tmp_path,
     value, source = skin.decision_threshold(spec)
     assert value == 0.42 and "evaluation report" in source
     assert "42.0%" in skin.explanation(value, 0.1, source)
+    # A report threshold outside (0, 1) is not a threshold: the spec's value is used again.
+    (model_dir / "evaluation.json").write_text(json.dumps({"binary_threshold": {"threshold": 1.5}}))
+    assert skin.decision_threshold(spec)[0] == 0.3677
 
 
 # -- label mapping -----------------------------------------------------------------------------

@@ -142,13 +142,6 @@ def demo(tiny_model_env: dict[str, str]) -> Any:
     return app.build_app()
 
 
-def test_queue_is_bounded(demo: Any) -> None:
-    import app
-
-    assert demo._queue.max_size == app.QUEUE_MAX_SIZE > 0
-    assert app.GPU_CONCURRENCY >= 1 and app.BULK_CONCURRENCY == 1
-
-
 def test_every_model_event_shares_the_gpu_lane(demo: Any) -> None:
     """One concurrency_id (one limit) for all model forwards; bulk jobs in their own lane;
     every other public event is known to be model-free."""

@@ -62,10 +62,17 @@ def test_every_script_has_help(name: str, capsys: pytest.CaptureFixture[str]) ->
     assert f"training.{name}" in text and "--seed" in text
 
 
-def test_help_warns_against_smote() -> None:
+def test_smote_is_not_an_offered_balancing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Document 001's SMOTE on raw pixels collapsed: the CLI offers sampler / class weights
+    / none and refuses anything else."""
     from training import train_classifier
 
-    assert "SMOTE" in train_classifier.parse_args.__globals__["__doc__"]
+    base = ["--data", "x", "--out", "y"]
+    for choice in ("sampler", "class-weights", "none"):
+        assert train_classifier.parse_args(base + ["--balance", choice]).balance == choice
+    with pytest.raises(SystemExit) as exit_info:
+        train_classifier.parse_args(base + ["--balance", "smote"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_trained_model_is_a_standard_dir_the_app_loads(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,10 +169,11 @@ def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 def test_model_card_accordion_shows_the_plots(trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """The shared model-card accordion (tabs.common.model_card, used by every tab) renders the
     evaluation section and the plots of a freshly evaluated lung model; saves a screenshot."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api as playwright
+
+    from tests.browser_support import chromium_path
+
+    chromium = Path(chromium_path())
     import gradio as gr
 
     from tabs.common import finalize_page_load, model_card

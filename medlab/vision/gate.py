@@ -37,8 +37,9 @@ OBJECT_CONFIDENCE = 0.25  # ImageNet top-1 probability that counts as "recognise
 # window: "plane" 0.28), and colour photos are already caught by colour: a higher bar there.
 OBJECT_CONFIDENCE_CT = 0.35
 
-# Recomputed by tests/test_gate.py::test_measured_behaviour_is_current on the images listed
-# there (scikit-image's sample photos/scans and pydicom's CT/MR slices).
+# Quoted in the UI; tests/test_gate.py::test_figures_quoted_in_the_ui_match_what_the_gate_does
+# recomputes them on the images listed there (scikit-image's sample photos/scans and pydicom's
+# CT/MR slices).
 MEASURED = {
     "skin": {"off_domain_images": 17, "flagged": 14,
              "missed": ["astronaut", "immunohistochemistry", "hubble_deep_field"]},
