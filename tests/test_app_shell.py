@@ -61,6 +61,8 @@ def test_model_status_through_gradio_client(live_app) -> None:
     assert status["settings"]["hub_offline"] is True
     for key in ("loaded", "hits", "misses", "evictions", "budget_bytes"):
         assert key in status["cache"]
+    cpu = status["cache"]["devices"]["cpu"]  # budget, used and peak per device
+    assert cpu["budget_bytes"] > 0 and cpu["used_bytes"] >= 0 and cpu["peak_bytes"] >= cpu["used_bytes"]
 
 
 def _default_env() -> dict[str, str]:

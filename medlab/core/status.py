@@ -161,6 +161,7 @@ def model_status() -> dict[str, Any]:
         "settings": {
             "device": settings.device,
             "memory_budget_gb": round(settings.memory_budget_bytes() / 2**30, 2),
+            "gpu_memory_budget_gb": settings.gpu_memory_budget_gb,  # None: free memory at start
             "data_dir": str(settings.data_dir),
             "chroma": f"{settings.chroma_host}:{settings.chroma_port}" if settings.chroma_host else "embedded",
             "zero_gpu": settings.zero_gpu,
