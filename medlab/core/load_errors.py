@@ -78,7 +78,7 @@ def translate(source: ModelSource, exc: BaseException, device: str | None = None
         )
     if _find(exc, hf.RevisionNotFoundError) is not None:
         return ModelUnavailableError(
-            key, f"revision {source.revision!r} of {where} does not exist on the Hugging Face Hub.",
+            key, f"revision {source.revision or 'main'!r} of {where} does not exist on the Hugging Face Hub.",
             f"set MEDLAB_REVISION_{key.upper()} to an existing branch, tag or commit (or unset it).",
         )
     if _find(exc, hf.RepositoryNotFoundError) is not None:
