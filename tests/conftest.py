@@ -140,7 +140,7 @@ def hub_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         hub.stop()
 
 
-def _drop_one_tensor(data: bytes) -> bytes:
+def _drop_one_tensor(data: bytes, suffix: str = "classifier.weight") -> bytes:
     """The same safetensors file without its classifier weight (a partial checkpoint)."""
     import json as _json
     import struct
@@ -148,7 +148,7 @@ def _drop_one_tensor(data: bytes) -> bytes:
     (length,) = struct.unpack("<Q", data[:8])
     header = _json.loads(data[8:8 + length])
     body = data[8 + length:]
-    victim = next(k for k in header if k.endswith("classifier.weight"))
+    victim = next(k for k in header if k.endswith(suffix))
     del header[victim]
     kept, tensors, offset = {}, [], 0
     for name, info in sorted((k, v) for k, v in header.items() if k != "__metadata__"):

@@ -110,7 +110,7 @@ def translate(source: ModelSource, exc: BaseException, device: str | None = None
     if _find(exc, ConnectionError, TimeoutError) is not None or _is_network_error(exc):
         return ModelUnavailableError(key, f"the Hugging Face Hub could not be reached to fetch {where}.", fix_hint(source))
     name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else name
+    text = " ".join(str(exc).split())[:400] or name  # reported as is, never interpreted
     if source.is_local:
         return ModelUnavailableError(key, f"loading {where} failed ({name}: {text}).",
                                      f"check that {source.env_var} points at a complete model directory.")
