@@ -132,7 +132,7 @@ def test_classroom_soak(live_app: tuple[str, Any], tmp_path: Path, capsys: pytes
 
 
 # -- queue policy ----------------------------------------------------------------------------
-MODEL_FREE_PUBLIC = {"model_status"}  # public events with inputs that run no model
+# (the lane test lives in tests/test_app_shell.py: test_every_model_event_is_in_a_lane)
 
 
 @pytest.fixture(scope="module")
@@ -146,25 +146,9 @@ def test_queue_is_bounded(demo: Any) -> None:
     import app
 
     assert demo._queue.max_size == app.QUEUE_MAX_SIZE > 0
-    assert app.GPU_CONCURRENCY >= 1 and app.BULK_CONCURRENCY == 1
+    from tabs.common import Lane
 
-
-def test_every_model_event_shares_the_gpu_lane(demo: Any) -> None:
-    """One concurrency_id (one limit) for all model forwards; bulk jobs in their own lane;
-    every other public event is known to be model-free."""
-    import app
-
-    fns = list(demo.fns.values())
-    names = {fn.name for fn in fns}
-    assert app.GPU_EVENTS <= names, f"queue policy names events that no longer exist: {app.GPU_EVENTS - names}"
-    assert app.BULK_EVENTS <= names, app.BULK_EVENTS - names
-    for fn in fns:
-        if fn.name in app.GPU_EVENTS:
-            assert (fn.concurrency_id, fn.concurrency_limit) == (app.GPU_CONCURRENCY_ID, app.GPU_CONCURRENCY), fn.name
-        elif fn.name in app.BULK_EVENTS:
-            assert (fn.concurrency_id, fn.concurrency_limit) == (app.BULK_CONCURRENCY_ID, app.BULK_CONCURRENCY), fn.name
-        elif fn.api_visibility == "public" and fn.inputs:
-            assert fn.name in MODEL_FREE_PUBLIC, f"public event {fn.name!r} is in no queue lane"
+    assert Lane.GPU.limit >= 1 and Lane.BULK.limit == 1
 
 
 def test_image_cache_writes_are_atomic(tmp_path: Path) -> None:

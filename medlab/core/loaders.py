@@ -350,7 +350,13 @@ def device_budget(device: str) -> int | None:
     each CUDA device (MEDLAB_GPU_MEMORY_BUDGET_GB or what is free on it at start)."""
     settings = load_settings()
     if device.startswith("cuda"):
-        return settings.gpu_memory_budget_bytes(device)
+        budget = settings.gpu_memory_budget_bytes(device)
+        if budget is None and settings.zero_gpu:  # no GPU attached yet: ZeroGPU's documented size
+            from medlab.core.config import GPU_WEIGHT_FRACTION
+            from medlab.core.zerogpu import ZERO_GPU_MEMORY_GB
+
+            budget = int(ZERO_GPU_MEMORY_GB * GPU_WEIGHT_FRACTION * 2**30)
+        return budget
     return settings.memory_budget_bytes()
 
 
