@@ -13,6 +13,13 @@ import logging
 import os
 import sys
 
+# On ZeroGPU, `spaces` must be imported before torch (it patches CUDA initialisation when
+# imported). medlab.core.zerogpu is light: it reads SPACES_ZERO_GPU strictly (garbage stops
+# the app with the variable's name) and imports no torch.
+from medlab.core.zerogpu import import_spaces_first  # noqa: E402
+
+import_spaces_first()
+
 # Before gradio is imported: no analytics calls home (the only network use is the Hub).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Before torch is imported: idle OpenMP threads sleep instead of spinning, so two concurrent
@@ -39,25 +46,10 @@ TAB_MODULES: tuple[str, ...] = (
 )
 
 # Queue limits (see README "Limits and safety"): a bounded waiting line (the 65th waiting
-# request is told the queue is full instead of waiting for ever), and a small default.
+# request is told the queue is full instead of waiting for ever), and a small default. The
+# lanes of model events are declared where each event is registered (tabs.common.model_event).
 QUEUE_MAX_SIZE = 64
 DEFAULT_CONCURRENCY = 2
-# Every event that runs a model forward shares ONE lane: a classroom burst on several tabs
-# queues for the one accelerator instead of stacking 10+ forwards in memory at once. Engines
-# that hold model-wide state (captioner adapter toggle, Grad-CAM hooks) also lock per model.
-GPU_CONCURRENCY_ID = "gpu"
-GPU_CONCURRENCY = 2
-# Long bulk jobs (index a zip, add a PDF, evaluate a batch file) get their own single lane so
-# one educator's upload never takes both interactive slots.
-BULK_CONCURRENCY_ID = "bulk"
-BULK_CONCURRENCY = 1
-# Handler function names (tabs/*.py) per lane. A test checks that every public event is
-# either here or known to be model-free, so a new model event cannot slip past the policy.
-GPU_EVENTS = frozenset({
-    "skin_classify", "lung_classify", "radiograph_caption", "compare_adapter", "impression",
-    "pathology_search", "pathology_similar", "more_like_this", "pathology_zero_shot", "assistant_ask",
-})
-BULK_EVENTS = frozenset({"impression_batch", "pathology_index", "index_examples", "assistant_add_document"})
 
 CSS = """
 .medlab-disclaimer blockquote { border-left: 4px solid #d97706; background: #fffbeb; }
@@ -75,21 +67,9 @@ def build_app() -> gr.Blocks:
                 with gr.Tab(module.TITLE, id=module.TAB_ID):
                     module.build()
         finalize_page_load(demo)  # one private page-load event fills every status panel
-    apply_queue_policy(demo)
     atomic_image_cache_writes()
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
-
-
-def apply_queue_policy(demo: gr.Blocks) -> None:
-    """Put every model event in the shared GPU lane and every bulk job in the bulk lane
-    (overrides what a tab set: the queue policy lives here, in one place)."""
-    for fn in demo.fns.values():
-        name = getattr(fn, "name", None)
-        if name in GPU_EVENTS:
-            fn.concurrency_id, fn.concurrency_limit = GPU_CONCURRENCY_ID, GPU_CONCURRENCY
-        elif name in BULK_EVENTS:
-            fn.concurrency_id, fn.concurrency_limit = BULK_CONCURRENCY_ID, BULK_CONCURRENCY
 
 
 def atomic_image_cache_writes() -> None:
@@ -166,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medlab.core.zerogpu import preload_for_zero_gpu
 
-    preload_for_zero_gpu(["skin", "lung_ct", "impression", "plip", "clip_baseline", "embedder"])
+    preload_for_zero_gpu()  # on ZeroGPU: weights placed on cuda now, the captioner too when it fits
     demo = build_app()
     demo.launch(**launch_kwargs(args.host, args.port, args.share))
     return 0

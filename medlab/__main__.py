@@ -13,8 +13,6 @@ from medlab.core.errors import MedlabError
 from medlab.core.registry import get_spec, model_keys, resolve_source
 from medlab.core.status import availability, hub_offline, hub_reachable
 
-# Never fetch pickle weights or other frameworks' files for an app that loads safetensors.
-IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.ot", "tf_model*", "flax_model*"]
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -50,9 +48,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     if hub_offline():
         print("HF_HUB_OFFLINE is set: unset it on a machine with internet access to download weights.")
         return 2
-    from huggingface_hub import snapshot_download
+    from medlab.core.hub import fetch_snapshot, require_weights
+    from medlab.core.load_errors import translate
 
-    allow_pickle = load_settings().allow_pickle
     failed = 0
     for key in keys:
         try:
@@ -65,15 +63,14 @@ def cmd_download(args: argparse.Namespace) -> int:
             continue
         print(f"[get ] {key}: {source.location} ({get_spec(key).memory_gb:g} GB)")
         try:
-            path = snapshot_download(
-                source.location,
-                revision=source.revision,
-                ignore_patterns=None if allow_pickle else IGNORE_PATTERNS,
-            )
+            path = fetch_snapshot(source)
+            require_weights(source, path)
         except Exception as exc:  # noqa: BLE001 - report and carry on with the other keys
             failed += 1
-            print(f"[fail] {key}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            print("       Is this machine online? Gated repos need `huggingface-cli login` or HF_TOKEN.")
+            error = exc if isinstance(exc, MedlabError) else translate(source, exc)
+            print(f"[fail] {key}: {getattr(error, 'reason', error)}")
+            if getattr(error, "fix", ""):
+                print(f"       fix: {error.fix}")
             continue
         print(f"[ ok ] {key}: {path}")
     return 1 if failed else 0

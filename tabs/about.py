@@ -47,6 +47,15 @@ def _status_table(status: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _device_table(status: dict[str, Any]) -> list[list[Any]]:
+    """One row per device: budget, used and peak memory of the model cache (GB)."""
+    rows = []
+    for device, d in status["cache"].get("devices", {}).items():
+        budget = "not known yet" if d["budget_gb"] is None else round(d["budget_gb"], 2)
+        rows.append([device, budget, round(d["used_gb"], 3), round(d["peak_gb"], 3), ", ".join(d["models"])])
+    return rows
+
+
 @ui_errors
 def model_status() -> dict[str, Any]:
     """JSON of the cache statistics and each model's availability."""
@@ -66,9 +75,16 @@ def build() -> None:
         interactive=False,
         wrap=True,
     )
+    devices = gr.Dataframe(
+        headers=["device", "budget GB", "used GB", "peak GB", "models"],
+        label="Model memory per device (CPU RAM and each GPU have their own budget)",
+        interactive=False,
+    )
     with gr.Accordion("Raw status (JSON, also at /model_status)", open=False):
         raw = gr.JSON(label="model_status")
     on_page_load(table, lambda: _status_table(model_status()), None)  # current on every page view
+    on_page_load(devices, lambda: _device_table(model_status()), None)
     refresh.click(model_status, inputs=None, outputs=raw, api_name="model_status").then(
-        _status_table, inputs=raw, outputs=table, api_visibility="private"
+        lambda status: (_status_table(status), _device_table(status)), inputs=raw, outputs=[table, devices],
+        api_visibility="private",
     )

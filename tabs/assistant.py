@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from tabs.common import on_page_load, progress_callback, ui_errors
+from tabs.common import GpuDuration, Lane, megabytes, model_event
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,10 @@ def build() -> None:
         passages_md = gr.Markdown()
         details = gr.JSON(label="Details (scores, citations)")
     outputs = [answer_md, passages_md, details]
-    ask_btn.click(assistant_ask, inputs=[question], outputs=outputs, api_name="assistant_ask",
-                  concurrency_limit=2, concurrency_id="assistant")
-    question.submit(assistant_ask, inputs=[question], outputs=outputs, api_visibility="private",
-                    concurrency_limit=2, concurrency_id="assistant")
+    model_event(ask_btn.click, assistant_ask, inputs=[question], outputs=outputs, api_name="assistant_ask",
+                gpu_duration=20)
+    model_event(question.submit, assistant_ask, inputs=[question], outputs=outputs, api_visibility="private",
+                gpu_duration=20)
 
     with gr.Accordion("Knowledge base: documents and PDF upload (educators)", open=False):
         docs_md = gr.Markdown("Listing the documents…")
@@ -101,6 +102,7 @@ def build() -> None:
         add_status = gr.Markdown()
         gr.Markdown("PDFs must contain selectable text (no scans) and no password. Uploaded files are kept "
                     "under the data dir (`knowledge_uploads/`) and are indexed incrementally.")
-    add_btn.click(assistant_add_document, inputs=[upload], outputs=add_status, api_name="assistant_add_document",
-                  concurrency_limit=1, concurrency_id="assistant_upload").then(
+    model_event(add_btn.click, assistant_add_document, inputs=[upload], outputs=add_status,
+                api_name="assistant_add_document", lane=Lane.BULK,
+                gpu_duration=GpuDuration(base=30, per="file", seconds_each=20, count=megabytes)).then(
         _documents_markdown, outputs=docs_md, api_visibility="private")

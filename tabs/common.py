@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import logging
+import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -66,6 +70,101 @@ class TolerantImage(gr.Image):
         except Exception:  # noqa: BLE001 - medlab.io.imaging.load_image reports the precise problem
             path = getattr(payload, "path", None)
             return str(path) if path else None
+
+
+# -- queue lanes and the ZeroGPU wrapper, declared where an event is registered ---------------
+class Lane(enum.Enum):
+    """Queue lanes. Every event that runs a model forward shares the GPU lane, so a classroom
+    burst on several tabs queues for the one accelerator instead of stacking forwards in
+    memory; long bulk jobs (index a zip, add a PDF, evaluate a file) get their own single lane
+    so one educator's upload never takes both interactive slots."""
+
+    GPU = ("gpu", 2)
+    BULK = ("bulk", 1)
+
+    @property
+    def concurrency_id(self) -> str:
+        return self.value[0]
+
+    @property
+    def limit(self) -> int:
+        return self.value[1]
+
+
+LANE_ATTR = "_medlab_lane"  # set on each registered model handler (tests, status)
+DURATION_ATTR = "_medlab_gpu_duration"
+MAX_GPU_SECONDS = 300  # the longest GPU call we ever ask ZeroGPU for
+
+
+def as_number(value: Any) -> float:
+    return float(value or 0)
+
+
+def lines_in_file(path: Any) -> float:
+    """Rows of an uploaded CSV/JSONL (one per line; a cheap upper bound for a JSON file)."""
+    with open(path, "rb") as f:
+        return float(sum(1 for _ in f))
+
+
+def megabytes(path: Any) -> float:
+    return Path(path).stat().st_size / 2**20
+
+
+def files_in_upload(path: Any) -> float:
+    """Entries of an uploaded zip, or files under a folder."""
+    p = Path(path)
+    if p.is_dir():
+        return float(sum(1 for q in p.rglob("*") if q.is_file()))
+    with zipfile.ZipFile(p) as z:
+        return float(len(z.infolist()))
+
+
+@dataclass(frozen=True)
+class GpuDuration:
+    """Seconds a ZeroGPU call may take: `base`, plus `seconds_each` per unit of the handler
+    argument `per` (counted by `count`: a number, rows in a file, MB, files in a zip), capped.
+    With `per` set it becomes a callable that ZeroGPU calls with the event's arguments."""
+
+    base: float
+    per: str | None = None
+    seconds_each: float = 0.0
+    count: Callable[[Any], float] = as_number
+    cap: float = MAX_GPU_SECONDS
+
+    def bind(self, fn: Callable[..., Any]) -> int | Callable[..., int]:
+        if self.per is None:
+            return int(min(self.base, self.cap))
+        signature = inspect.signature(fn)
+        if self.per not in signature.parameters:
+            raise TypeError(f"{fn.__name__} has no parameter {self.per!r} to size its GPU duration by")
+        default = signature.parameters[self.per].default
+
+        def duration(*args: Any, **kwargs: Any) -> int:
+            try:
+                value = signature.bind_partial(*args, **kwargs).arguments.get(self.per, default)
+                units = max(0.0, float(self.count(value))) if value not in (None, "", inspect.Parameter.empty) else 0.0
+            except Exception:  # noqa: BLE001 - a bad input is reported by the handler itself
+                units = 0.0
+            return int(min(self.cap, self.base + self.seconds_each * units))
+
+        duration.__name__ = f"{fn.__name__}_gpu_duration"
+        return duration
+
+
+def model_event(trigger: Callable[..., Any], fn: Callable[..., Any], *, lane: Lane = Lane.GPU,
+                gpu_duration: int | GpuDuration = 60, **kwargs: Any) -> Any:
+    """Register `fn` on `trigger` (e.g. `button.click`) as an event that runs a model: in
+    `lane`'s queue (concurrency id and limit), and on ZeroGPU inside spaces.GPU with a
+    duration that fits the work. Returns the gradio dependency (for .then / cancels)."""
+    from medlab.core.zerogpu import gpu
+
+    if "concurrency_id" in kwargs or "concurrency_limit" in kwargs:
+        raise TypeError("model_event: the lane sets the concurrency; do not pass concurrency_id/limit")
+    duration = gpu_duration.bind(fn) if isinstance(gpu_duration, GpuDuration) else int(gpu_duration)
+    handler = gpu(duration)(fn)  # spaces.GPU keeps fn's signature (gradio reads gr.Progress from it)
+    setattr(handler, LANE_ATTR, lane)
+    setattr(handler, DURATION_ATTR, duration)
+    return trigger(handler, concurrency_id=lane.concurrency_id, concurrency_limit=lane.limit, **kwargs)
 
 
 def disclaimer() -> gr.Markdown:

@@ -26,6 +26,7 @@ from medlab.generation.impression import (
 from medlab.generation.metrics import ROUGE_TYPES
 from medlab.core.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import GpuDuration, Lane, lines_in_file, model_event
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ def build() -> None:
     if examples:
         gr.Examples(examples, inputs=[findings, reference], label="Examples (synthetic reports written for this app)",
                     cache_examples=False)
-    run.click(impression, inputs=[findings, reference, num_beams, max_length], outputs=[output, scores, notes],
-              api_name="impression", concurrency_limit=1, concurrency_id="impression")
+    model_event(run.click, impression, inputs=[findings, reference, num_beams, max_length],
+                outputs=[output, scores, notes], api_name="impression", gpu_duration=30)
 
     with gr.Accordion("Batch evaluation (CSV / JSONL)", open=False):
         gr.Markdown(
@@ -169,7 +170,7 @@ def build() -> None:
         table = gr.Dataframe(headers=ROW_HEADERS, label="Per-report results", interactive=False, wrap=True,
                              max_height=400)
         download = gr.File(label="Download results (CSV)", interactive=False)
-    evaluate.click(impression_batch, inputs=[batch_file, num_beams, max_length],
-                   outputs=[summary, plot, table, download, batch_notes],
-                   api_name="impression_batch", concurrency_limit=1, concurrency_id="impression")
+    model_event(evaluate.click, impression_batch, inputs=[batch_file, num_beams, max_length],
+                outputs=[summary, plot, table, download, batch_notes], api_name="impression_batch",
+                lane=Lane.BULK, gpu_duration=GpuDuration(base=30, per="file", seconds_each=1.5, count=lines_in_file))
     model_card("impression")

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import model_event
 
 TITLE = "Lung CT"
 TAB_ID = "lung_ct"
@@ -110,5 +111,5 @@ def build() -> None:
         "never defers; it only matters for models with four or more classes."
     )
     model_card("lung_ct")
-    run.click(lung_classify, inputs=[file, window, scenario, explain, opacity],
-              outputs=[probs, overlay, verdict, summary], api_name="lung_classify")
+    model_event(run.click, lung_classify, inputs=[file, window, scenario, explain, opacity],
+                outputs=[probs, overlay, verdict, summary], api_name="lung_classify", gpu_duration=30)

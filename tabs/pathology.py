@@ -12,6 +12,7 @@ import gradio as gr
 
 from medlab.retrieval.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import GpuDuration, Lane, files_in_upload, model_event
 
 log = logging.getLogger(__name__)
 
@@ -219,15 +220,15 @@ def build() -> None:
                 more = gr.Button("More like this", variant="secondary")
 
     search_outputs = [gallery, hits_state, result_note]
-    search.click(pathology_search, inputs=[query, k, model], outputs=search_outputs, api_name="pathology_search",
-                 concurrency_limit=2, concurrency_id="pathology")
-    query.submit(pathology_search, inputs=[query, k, model], outputs=search_outputs, api_visibility="private",
-                 concurrency_limit=2, concurrency_id="pathology")
-    similar.click(pathology_similar, inputs=[query_image, k, model], outputs=search_outputs,
-                  api_name="pathology_similar", concurrency_limit=2, concurrency_id="pathology")
+    model_event(search.click, pathology_search, inputs=[query, k, model], outputs=search_outputs,
+                api_name="pathology_search", gpu_duration=20)
+    model_event(query.submit, pathology_search, inputs=[query, k, model], outputs=search_outputs,
+                api_visibility="private", gpu_duration=20)
+    model_event(similar.click, pathology_similar, inputs=[query_image, k, model], outputs=search_outputs,
+                api_name="pathology_similar", gpu_duration=20)
     gallery.select(_select, inputs=[hits_state], outputs=[selected, selection], api_visibility="private")
-    more.click(more_like_this, inputs=[selected, k, model], outputs=search_outputs, api_visibility="private",
-               concurrency_limit=2, concurrency_id="pathology")
+    model_event(more.click, more_like_this, inputs=[selected, k, model], outputs=search_outputs,
+                api_visibility="private", gpu_duration=20)
 
     gr.Markdown("---\n#### Zero-shot classification: PLIP beside general CLIP")
     with gr.Row():
@@ -245,8 +246,8 @@ def build() -> None:
         with gr.Column(scale=1):
             clip_out = gr.Label(label="General CLIP", num_top_classes=9)
     zs_notes = gr.Markdown()
-    classify.click(pathology_zero_shot, inputs=[zs_image, labels, template], outputs=[plip_out, clip_out, zs_notes],
-                   api_name="pathology_zero_shot", concurrency_limit=2, concurrency_id="pathology")
+    model_event(classify.click, pathology_zero_shot, inputs=[zs_image, labels, template],
+                outputs=[plip_out, clip_out, zs_notes], api_name="pathology_zero_shot", gpu_duration=30)
 
     with gr.Accordion("Build the index (add images)", open=False):
         gr.Markdown(
@@ -268,11 +269,12 @@ def build() -> None:
             examples_btn = gr.Button("Index the example tiles")
             refresh = gr.Button("Refresh status")
         index_report = gr.Markdown()
-    build_btn.click(pathology_index, inputs=[zip_file, folder, models], outputs=index_report,
-                    api_name="pathology_index", concurrency_limit=1, concurrency_id="pathology_index").then(
+    model_event(build_btn.click, pathology_index, inputs=[zip_file, folder, models], outputs=index_report,
+                api_name="pathology_index", lane=Lane.BULK,
+                gpu_duration=GpuDuration(base=60, per="zip_file", seconds_each=0.25, count=files_in_upload)).then(
         index_status, outputs=status, api_visibility="private")
-    examples_btn.click(index_examples, inputs=[models], outputs=index_report, api_visibility="private",
-                       concurrency_limit=1, concurrency_id="pathology_index").then(
+    model_event(examples_btn.click, index_examples, inputs=[models], outputs=index_report,
+                api_visibility="private", lane=Lane.BULK, gpu_duration=120).then(
         index_status, outputs=status, api_visibility="private")
     refresh.click(index_status, outputs=status, api_visibility="private")
 

@@ -18,6 +18,7 @@ from medlab.generation.radiograph import (
 )
 from medlab.core.zerogpu import gpu
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import GpuDuration, model_event
 
 TITLE = "Radiograph captioning"
 TAB_ID = "radiograph"
@@ -140,16 +141,17 @@ def build() -> None:
                     cache_examples=False)
     # One model object serves one generation at a time (the adapter toggle is model-wide
     # state): these events share one queue slot.
-    caption_event = run.click(
-        radiograph_caption,
+    caption_event = model_event(
+        run.click, radiograph_caption,
         inputs=[image, instruction, temperature, max_new_tokens, min_p, use_adapter],
-        outputs=output, api_name="radiograph_caption", concurrency_limit=1, concurrency_id="gpu",
+        outputs=output, api_name="radiograph_caption",
+        gpu_duration=GpuDuration(base=30, per="max_new_tokens", seconds_each=0.15),
     )
-    compare_event = compare.click(
-        compare_adapter,
+    compare_event = model_event(
+        compare.click, compare_adapter,
         inputs=[image, instruction, temperature, max_new_tokens, min_p],
         outputs=[tuned_box, base_box], api_name="radiograph_compare", api_visibility="private",
-        concurrency_limit=1, concurrency_id="gpu",
+        gpu_duration=GpuDuration(base=40, per="max_new_tokens", seconds_each=0.3),
     )
     stop.click(None, None, None, cancels=[caption_event, compare_event], api_visibility="private")
     model_card("captioner", "Model card: base model")

@@ -11,6 +11,7 @@ import gradio as gr
 
 from tabs import assistant
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
+from tabs.common import model_event
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"
@@ -96,5 +97,5 @@ def build() -> None:
             model_card("skin")
         with gr.Column(scale=1):
             assistant.build()
-    run.click(skin_classify, inputs=[image], outputs=[bars, decision, classes, explanation, summary],
-              api_name="skin_classify")
+    model_event(run.click, skin_classify, inputs=[image], outputs=[bars, decision, classes, explanation, summary],
+                api_name="skin_classify", gpu_duration=20)

@@ -102,3 +102,73 @@ def live_app(tiny_model_env: dict[str, str]) -> Iterator[tuple[str, object]]:
 
     with serve_app(tiny_model_env) as url:
         yield url, Client(url, verbose=False)
+
+
+# -- a local Hugging Face Hub stand-in (tests/hub_standin.py) ------------------------------
+@pytest.fixture(scope="session")
+def hub_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The Hub stand-in on 127.0.0.1 serving tiny checkpoints built here:
+
+    org/skin (image classifier, safetensors), org/skin-slow (same, slow download),
+    org/gated (gated), org/broken (server error), org/skin-revs (only revision "v1"),
+    org/pickled (pickle weights only), vinid/plip (main: pickle only; refs/pr/4: a tiny
+    CLIP in safetensors, as the real repo), org/partial (a classifier missing a weight).
+    There is no org/missing."""
+    from tests.hub_standin import HubStandIn, folder_files
+    from tests.tiny_models import tiny_vit_classifier
+    from tests.tiny_retrieval import tiny_clip
+
+    root = tmp_path_factory.mktemp("hub-standin")
+    skin = folder_files(tiny_vit_classifier(root / "skin", ("nv", "mel", "bkl", "bcc", "melanoma")))
+    clip = folder_files(tiny_clip(root / "clip"))
+    pickled = {k: v for k, v in skin.items() if not k.endswith(".safetensors")} | {"pytorch_model.bin": b"\x80\x04."}
+    partial = dict(skin) | {"model.safetensors": _drop_one_tensor(skin["model.safetensors"])}
+    hub = HubStandIn()
+    hub.add("org/skin", skin)
+    hub.add("org/skin-slow", skin, slow_seconds=2.0)
+    hub.add("org/gated", skin, gated=True)
+    hub.add("org/broken", skin, server_error=True)
+    hub.add("org/skin-revs", revisions={"v1": skin})
+    hub.add("org/pickled", pickled)
+    hub.add("org/partial", partial)
+    plip_main = {k: v for k, v in clip.items() if not k.endswith(".safetensors")} | {"pytorch_model.bin": b"\x80\x04."}
+    hub.add("vinid/plip", revisions={"main": plip_main, "refs/pr/4": clip})
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def _drop_one_tensor(data: bytes, suffix: str = "classifier.weight") -> bytes:
+    """The same safetensors file without its classifier weight (a partial checkpoint)."""
+    import json as _json
+    import struct
+
+    (length,) = struct.unpack("<Q", data[:8])
+    header = _json.loads(data[8:8 + length])
+    body = data[8 + length:]
+    victim = next(k for k in header if k.endswith(suffix))
+    del header[victim]
+    kept, tensors, offset = {}, [], 0
+    for name, info in sorted((k, v) for k, v in header.items() if k != "__metadata__"):
+        begin, end = info["data_offsets"]
+        tensors.append(body[begin:end])
+        kept[name] = {**info, "data_offsets": [offset, offset + end - begin]}
+        offset += end - begin
+    if "__metadata__" in header:
+        kept["__metadata__"] = header["__metadata__"]
+    raw = _json.dumps(kept).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(tensors)
+
+
+def hub_env(hub: object, hf_home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess that talks to the stand-in: HF_ENDPOINT set, a private
+    HF_HOME, HF_HUB_OFFLINE unset, no model overrides inherited."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "MEDLAB_MODEL_", "MEDLAB_REVISION_")) and k != "TRANSFORMERS_OFFLINE"}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), HF_HUB_DISABLE_XET="1", MEDLAB_DEVICE="cpu",  # type: ignore[attr-defined]
+               HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env.update(extra)
+    return env

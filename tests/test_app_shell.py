@@ -61,6 +61,8 @@ def test_model_status_through_gradio_client(live_app) -> None:
     assert status["settings"]["hub_offline"] is True
     for key in ("loaded", "hits", "misses", "evictions", "budget_bytes"):
         assert key in status["cache"]
+    cpu = status["cache"]["devices"]["cpu"]  # budget, used and peak per device
+    assert cpu["budget_bytes"] > 0 and cpu["used_bytes"] >= 0 and cpu["peak_bytes"] >= cpu["used_bytes"]
 
 
 def _default_env() -> dict[str, str]:
@@ -116,3 +118,36 @@ def test_cli_flags(flag: str) -> None:
     assert proc.returncode == 0
     for option in ("--host", "--port", "--share"):
         assert option in proc.stdout
+
+
+# -- queue lanes (declared at registration: tabs.common.model_event) ---------------------------
+MODEL_FREE_PUBLIC = {"model_status"}  # public events with inputs that run no model
+GPU_EVENTS = {"skin_classify", "lung_classify", "radiograph_caption", "compare_adapter", "impression",
+              "pathology_search", "pathology_similar", "more_like_this", "pathology_zero_shot", "assistant_ask"}
+BULK_EVENTS = {"impression_batch", "pathology_index", "index_examples", "assistant_add_document"}
+
+
+def test_every_model_event_is_in_a_lane() -> None:
+    """Model forwards share the GPU lane, bulk jobs the bulk lane (as registered by the tabs,
+    nothing overrides them later); every other public event is known to be model-free."""
+    import app
+    from tabs.common import LANE_ATTR, Lane
+
+    demo = app.build_app()
+    fns = list(demo.fns.values())
+    lanes = {fn.name: getattr(fn.fn, LANE_ATTR, None) for fn in fns}
+    assert {n for n, lane in lanes.items() if lane is Lane.GPU} == GPU_EVENTS
+    assert {n for n, lane in lanes.items() if lane is Lane.BULK} == BULK_EVENTS
+    for fn in fns:
+        lane = lanes[fn.name]
+        if lane is not None:
+            assert (fn.concurrency_id, fn.concurrency_limit) == (lane.concurrency_id, lane.limit), fn.name
+        elif fn.api_visibility == "public" and fn.inputs:
+            assert fn.name in MODEL_FREE_PUBLIC, f"public event {fn.name!r} is in no queue lane"
+
+
+def test_model_event_refuses_its_own_concurrency() -> None:
+    from tabs.common import model_event
+
+    with pytest.raises(TypeError, match="lane sets the concurrency"):
+        model_event(lambda *a, **k: None, lambda: None, concurrency_limit=5)

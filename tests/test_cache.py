@@ -190,3 +190,156 @@ def test_offline_hub_model_says_why_and_how(monkeypatch) -> None:
     assert time.perf_counter() - start < 20
     msg = str(info.value)
     assert "HF_HUB_OFFLINE" in msg and "python -m medlab download skin" in msg
+
+
+# -- leases, reservations and per-device budgets (issue #12) ------------------------------
+class Tracked:
+    """A fake model whose bytes count as live from construction until it is freed, measured
+    outside the cache (weakref.finalize), so the test sees real high-water marks."""
+
+    def __init__(self, key: str, nbytes: int, meter: "Meter", device: str = "cpu") -> None:
+        import weakref
+
+        self.key, self.nbytes, self.device = key, nbytes, device
+        meter.add(device, nbytes)
+        weakref.finalize(self, meter.add, device, -nbytes)
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.live: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    def add(self, device: str, n: int) -> None:
+        with self.lock:
+            self.live[device] = self.live.get(device, 0) + n
+            self.peak[device] = max(self.peak.get(device, 0), self.live[device])
+
+
+def tracked_cache(sizes: dict[str, tuple[str, int]], budgets: dict[str, int], delay: float = 0.2,
+                  wait_timeout: float = 30.0):
+    meter = Meter()
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def load(key: str, progress) -> Tracked:
+        with lock:
+            calls[key] = calls.get(key, 0) + 1
+        time.sleep(delay)
+        device, n = sizes[key]
+        return Tracked(key, n, meter, device)
+
+    cache = ModelCache(load, lambda device: budgets[device], estimate_fn=lambda k: sizes[k],
+                       measure_fn=lambda m: m.nbytes, wait_timeout=wait_timeout)
+    return cache, meter, calls
+
+
+def test_concurrent_loads_never_exceed_a_budget_that_fits_one() -> None:
+    """Two 6 MB models under a 10 MB budget, loaded at the same time by 8 threads each,
+    repeatedly: the live bytes (measured outside the cache) never exceed the budget."""
+    sizes = {"a": ("cpu", 6 * MB), "b": ("cpu", 6 * MB)}
+    cache, meter, _ = tracked_cache(sizes, {"cpu": 10 * MB}, delay=0.05)
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> str:
+        barrier.wait()
+        key = "ab"[i % 2]
+        for _ in range(3):
+            with cache.use(key) as model:
+                assert model.key == key
+                time.sleep(0.01)
+        return key
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    assert meter.peak["cpu"] <= 10 * MB, f"high-water {meter.peak['cpu'] / MB:.0f} MB over a 10 MB budget"
+    assert cache.stats()["devices"]["cpu"]["peak_bytes"] <= 10 * MB
+    assert len(cache.loaded_keys()) == 1
+
+
+def test_leased_model_is_not_evicted_and_the_load_waits_for_it() -> None:
+    sizes = {"a": ("cpu", 6 * MB), "b": ("cpu", 6 * MB)}
+    cache, meter, calls = tracked_cache(sizes, {"cpu": 10 * MB}, delay=0.0)
+    got_b = threading.Event()
+    order: list[str] = []
+
+    def load_b() -> None:
+        with cache.use("b"):
+            order.append("b loaded")
+            got_b.set()
+
+    with cache.use("a") as a:
+        t = threading.Thread(target=load_b)
+        t.start()
+        assert not got_b.wait(0.5)  # b waits: a is in use and cannot be dropped from under us
+        assert cache.loaded_keys() == ["a"] and a.key == "a"
+        order.append("a released")
+        del a  # the request drops its reference with its lease
+    t.join(10)
+    assert order == ["a released", "b loaded"]
+    assert meter.peak["cpu"] <= 10 * MB
+    with cache.use("a"):  # a was evicted after its lease ended; one copy at a time
+        pass
+    assert calls == {"a": 2, "b": 1}
+
+
+def test_a_request_that_needs_two_models_that_do_not_fit_fails_at_once() -> None:
+    sizes = {"a": ("cpu", 6 * MB), "b": ("cpu", 6 * MB)}
+    cache, _, _ = tracked_cache(sizes, {"cpu": 10 * MB}, delay=0.0, wait_timeout=30)
+    start = time.perf_counter()
+    with cache.use("a"):
+        with pytest.raises(InsufficientMemoryError, match="this request itself"):
+            with cache.use("b"):
+                pass
+    assert time.perf_counter() - start < 5  # no wait for a lease that could never end
+    with cache.use("b"):  # afterwards, b loads fine
+        pass
+
+
+def test_waiting_for_a_lease_times_out_with_a_clear_error() -> None:
+    sizes = {"a": ("cpu", 6 * MB), "b": ("cpu", 6 * MB)}
+    cache, _, _ = tracked_cache(sizes, {"cpu": 10 * MB}, delay=0.0, wait_timeout=0.3)
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold_a() -> None:
+        with cache.use("a"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold_a)
+    t.start()
+    held.wait(5)
+    with pytest.raises(InsufficientMemoryError, match="in use by other requests"):
+        cache.get("b")
+    release.set()
+    t.join(5)
+
+
+def test_devices_have_separate_budgets_and_stats() -> None:
+    sizes = {"g1": ("cuda:0", 6 * MB), "g2": ("cuda:0", 6 * MB), "c1": ("cpu", 6 * MB)}
+    cache, meter, _ = tracked_cache(sizes, {"cpu": 10 * MB, "cuda:0": 8 * MB}, delay=0.0)
+    cache.get("c1")
+    cache.get("g1")
+    assert sorted(cache.loaded_keys()) == ["c1", "g1"]  # different devices: both fit
+    cache.get("g2")  # evicts g1 (same device), never c1
+    assert sorted(cache.loaded_keys()) == ["c1", "g2"]
+    stats = cache.stats()["devices"]
+    assert stats["cuda:0"]["budget_bytes"] == 8 * MB and stats["cpu"]["budget_bytes"] == 10 * MB
+    assert stats["cuda:0"]["used_bytes"] == 6 * MB and stats["cuda:0"]["models"] == ["g2"]
+    assert stats["cuda:0"]["peak_bytes"] == 6 * MB and meter.peak["cuda:0"] == 6 * MB
+    assert stats["cpu"]["used_bytes"] == 6 * MB
+    with pytest.raises(InsufficientMemoryError, match="MEDLAB_GPU_MEMORY_BUDGET_GB"):
+        ModelCache(lambda k, p: None, lambda d: 4 * MB, estimate_fn=lambda k: ("cuda:0", 6 * MB)).get("x")
+
+
+def test_use_model_holds_a_lease_on_the_process_cache(use_tiny_models) -> None:
+    from medlab.core.loaders import get_cache, use_model
+
+    with use_model("skin") as loaded:
+        assert loaded.model is not None
+        assert get_cache().stats()["models"]["skin"]["leases"] == 1
+        assert get_cache().evict("skin") is False  # in use: kept
+    assert get_cache().stats()["models"]["skin"]["leases"] == 0
+    assert get_cache().evict("skin") is True

@@ -25,6 +25,8 @@ from medlab.core.registry import get_spec, model_keys, resolve_source
         ({"MEDLAB_ALLOW_PICKLE": "maybe"}, "MEDLAB_ALLOW_PICKLE", "1/0, true/false"),
         ({"MEDLAB_AUTH": "teacheronly"}, "MEDLAB_AUTH", "user:password"),
         ({"MEDLAB_CAPTIONER_ENDPOINT": "ftp://x"}, "MEDLAB_CAPTIONER_ENDPOINT", "an http(s) URL"),
+        ({"SPACES_ZERO_GPU": "sometimes"}, "SPACES_ZERO_GPU", "1/0, true/false"),
+        ({"MEDLAB_GPU_MEMORY_BUDGET_GB": "0"}, "MEDLAB_GPU_MEMORY_BUDGET_GB", "a positive number"),
     ],
 )
 def test_invalid_values_name_variable_and_allowed(env: dict[str, str], variable: str, allowed: str) -> None:
@@ -117,3 +119,62 @@ def test_embedder_default_resolves_offline_from_pypi_package() -> None:
     from pathlib import Path
 
     assert (Path(src.location) / "config.json").is_file() or any(Path(src.location).iterdir())
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("0", False), ("false", False), ("no", False), ("off", False),
+                                               ("", False), ("1", True), ("true", True), ("Yes", True)])
+def test_zero_gpu_flag_is_parsed_strictly(raw: str, expected: bool) -> None:
+    assert load_settings({"SPACES_ZERO_GPU": raw}).zero_gpu is expected  # "0" used to count as on
+
+
+def test_gpu_budget_is_its_own_setting() -> None:
+    settings = load_settings({"MEDLAB_MEMORY_BUDGET_GB": "2", "MEDLAB_GPU_MEMORY_BUDGET_GB": "7.5"})
+    assert settings.memory_budget_bytes() == 2 * 1024**3
+    assert settings.gpu_memory_budget_bytes("cuda:0") == int(7.5 * 1024**3)
+
+
+def test_override_equal_to_the_default_repo_keeps_the_pinned_revision() -> None:
+    spec = get_spec("plip")
+    assert spec.revision  # the safetensors PR
+    same = resolve_source("plip", {model_env_var("plip"): spec.default_source})
+    assert (same.location, same.revision, same.from_env) == (spec.default_source, spec.revision, False)
+    other = resolve_source("plip", {model_env_var("plip"): "someone/plip-copy"})
+    assert other.revision is None and other.from_env
+    pinned = resolve_source("plip", {model_env_var("plip"): spec.default_source, "MEDLAB_REVISION_PLIP": "abc"})
+    assert pinned.revision == "abc"
+
+
+def test_estimates_follow_dtype_and_4bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The captioner's 22 GB is its bf16 size: 4-bit on a GPU with bitsandbytes is ~0.7 byte
+    per parameter, not 22 GB."""
+    import importlib.util
+
+    from medlab.core import loaders
+
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_REVISION_CAPTIONER"):
+        monkeypatch.delenv(var, raising=False)
+    params = 22.0 * 1024**3 / 2  # bf16 -> parameters
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "bitsandbytes" else real_find_spec(name, *a))
+    assert loaders.estimate_bytes("captioner", "cuda:0") == int(params * 0.7)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    assert loaders.estimate_bytes("captioner", "cuda:0") == int(params * 2)  # bf16 without bitsandbytes
+    assert loaders.estimate_bytes("plip", "cpu") == int(0.6 * 1024**3)  # as stored (float32 spec)
+
+
+def test_local_estimate_reads_the_safetensors_header(tmp_path) -> None:
+    import json
+    import struct
+
+    from medlab.core.weights import planned_bytes, safetensors_summary
+
+    header = {"w": {"dtype": "F32", "shape": [10, 30], "data_offsets": [0, 1200]},
+              "ids": {"dtype": "I64", "shape": [5], "data_offsets": [1200, 1240]}, "__metadata__": {}}
+    raw = json.dumps(header).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(1240))
+    summary = safetensors_summary([tmp_path / "model.safetensors"])
+    assert (summary.numel, summary.stored_bytes, set(summary.names)) == (300, 1240, {"w", "ids"})
+    assert planned_bytes(summary.stored_bytes, summary.numel, "bfloat16", False) == 600
+    assert planned_bytes(summary.stored_bytes, summary.numel, None, False) == 1240

@@ -46,6 +46,7 @@ class Settings:
     captioner_endpoint: str | None = None
     captioner_endpoint_model: str | None = None
     zero_gpu: bool = False
+    gpu_memory_budget_gb: float | None = None  # None: derived from the device (see gpu_memory_budget_bytes)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -58,6 +59,14 @@ class Settings:
         import psutil
 
         return int(psutil.virtual_memory().total * 0.6)
+
+    def gpu_memory_budget_bytes(self, device: str = "cuda:0") -> int | None:
+        """Budget of one CUDA device: MEDLAB_GPU_MEMORY_BUDGET_GB, else what torch reports
+        free on it the first time it is asked (minus headroom for activations), else None
+        (unknown while torch is not loaded; status pages must not import it)."""
+        if self.gpu_memory_budget_gb is not None:
+            return int(self.gpu_memory_budget_gb * 1024**3)
+        return _gpu_default_budget(device)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -148,8 +157,34 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         auth=auth,
         captioner_endpoint=endpoint,
         captioner_endpoint_model=env.get("MEDLAB_CAPTIONER_ENDPOINT_MODEL", "").strip() or None,
-        zero_gpu=bool(env.get("SPACES_ZERO_GPU", "").strip()),
+        zero_gpu=_bool(env, "SPACES_ZERO_GPU", False),
+        gpu_memory_budget_gb=_positive_float(env, "MEDLAB_GPU_MEMORY_BUDGET_GB", None),
     )
+
+
+# Fraction of a GPU's free memory at start that models may take; the rest is left for
+# activations, the KV cache and the CUDA context.
+GPU_WEIGHT_FRACTION = 0.85
+_gpu_budgets: dict[str, int] = {}
+
+
+def _gpu_default_budget(device: str) -> int | None:
+    if device in _gpu_budgets:
+        return _gpu_budgets[device]
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+    except Exception:  # noqa: BLE001 - e.g. ZeroGPU before a GPU is attached: use the total
+        try:
+            free = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        except Exception:  # noqa: BLE001
+            return None
+    _gpu_budgets[device] = int(free * GPU_WEIGHT_FRACTION)
+    return _gpu_budgets[device]
 
 
 def cuda_expected(settings: Settings | None = None) -> bool:

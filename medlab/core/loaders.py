@@ -11,15 +11,22 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlab.core.cache import ModelCache, Progress
+from medlab.core.cache import ModelCache, normalize_device
 from medlab.core.config import cuda_expected, load_settings, resolve_device
-from medlab.core.errors import InsufficientMemoryError, MedlabError, ModelUnavailableError
+from medlab.core.errors import InsufficientMemoryError, ModelUnavailableError
+from medlab.core.load_errors import fix_hint, translate_load_errors
+from medlab.core.progress import Progress
 from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
+from medlab.core.weights import (
+    check_state_dict_coverage,
+    check_transformers_coverage,
+    planned_bytes,
+    safetensors_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +62,6 @@ def hub_kwargs(source: ModelSource) -> dict[str, Any]:
     return kwargs
 
 
-def fix_hint(source: ModelSource) -> str:
-    return (
-        f"run `python -m medlab download {source.key}` on a machine with internet access "
-        f"(weights go to the Hugging Face cache), or set {source.env_var} to a local model "
-        "directory in the standard Hugging Face format."
-    )
-
-
 def check_local_dir(source: ModelSource) -> None:
     """Fail early and clearly when a local directory cannot hold a loadable model."""
     path = Path(source.location)
@@ -81,39 +80,21 @@ def check_local_dir(source: ModelSource) -> None:
         )
 
 
-@contextlib.contextmanager
-def translate_load_errors(source: ModelSource) -> Iterator[None]:
-    """Turn the many ways a download/load can fail into one clear ModelUnavailableError."""
-    try:
-        yield
-    except MedlabError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure is reported with its cause
-        name = type(exc).__name__
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else name
-        if source.is_local:
-            reason = f"loading {source.location} failed ({name}: {text})."
-            fix = f"check that {source.env_var} points at a complete model directory."
-        elif "Gated" in name or "gated" in text.lower():
-            reason = f"{source.location} is gated on the Hugging Face Hub."
-            fix = "accept its licence on the Hub and set HF_TOKEN, or " + fix_hint(source)
-        elif "RepositoryNotFound" in name or "404" in text:
-            reason = f"{source.location} was not found on the Hugging Face Hub."
-            fix = f"check the repo id, or set {source.env_var}."
-        else:
-            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub could not be reached"
-            reason = (
-                f"{source.location} is not in the local Hugging Face cache and {why} "
-                f"({name}: {text})."
-            )
-            fix = fix_hint(source)
-        raise ModelUnavailableError(source.key, reason, fix) from exc
-
-
 def _prepare(spec: ModelSpec, source: ModelSource) -> None:
     if source.is_local:
         check_local_dir(source)
+
+
+def local_files(source: ModelSource, progress: Progress, wanted: str = "*.safetensors") -> str:
+    """The folder to load from: the local dir itself, or the Hub snapshot fetched into the
+    cache (inside translate_load_errors, so the Hub's typed errors explain a failure)."""
+    if source.is_local:
+        return source.location
+    from medlab.core.hub import fetch_snapshot, require_weights
+
+    folder = fetch_snapshot(source, progress)
+    require_weights(source, folder, wanted)
+    return str(folder)
 
 
 def _place(model: Any, device: str) -> Any:
@@ -133,19 +114,27 @@ def _load_pretrained(
 ) -> LoadedModel:
     """from_pretrained a transformers model class and its preprocessing class by name, with
     the safety rules of hub_kwargs and errors translated for the user. The preprocessing
-    lands in the LoadedModel field that names what it is (PREPROCESSING_FIELDS)."""
+    lands in the LoadedModel field that names what it is (PREPROCESSING_FIELDS). A
+    checkpoint that leaves parameters uninitialised is refused (no random weights)."""
     _prepare(spec, source)
-    with translate_load_errors(source):
+    with translate_load_errors(source, device):
+        folder = local_files(source, progress)
         import transformers
 
-        kwargs = hub_kwargs(source)
-        progress(0.2, f"Reading {spec.key} preprocessing ({processor_class})")
+        kwargs = {k: v for k, v in hub_kwargs(source).items() if k != "revision"}  # a local folder now
+        progress(0.4, f"Reading {spec.key} preprocessing ({processor_class})")
         processor = getattr(transformers, processor_class).from_pretrained(
-            source.location, **{k: v for k, v in kwargs.items() if k != "use_safetensors"}
+            folder, **{k: v for k, v in kwargs.items() if k != "use_safetensors"}
         )
-        progress(0.4, f"Reading {spec.key} weights")
-        model = getattr(transformers, model_class).from_pretrained(source.location, **kwargs)
+        progress(0.5, f"Reading {spec.key} weights")
+        model, info = getattr(transformers, model_class).from_pretrained(folder, output_loading_info=True, **kwargs)
+    check_transformers_coverage(spec.key, info, _coverage_fix(source))
     return LoadedModel(spec.key, _place(model, device), device, source, **PREPROCESSING_FIELDS[processor_class](processor))
+
+
+def _coverage_fix(source: ModelSource) -> str:
+    return (f"point {source.env_var} at a complete checkpoint of this architecture (every weight in "
+            ".safetensors files).")
 
 
 # What each transformers preprocessing class provides, as LoadedModel fields.
@@ -180,10 +169,11 @@ def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: 
 
     Checked against open_clip 3.3.0 factory.py: "hf-hub:<repo>" silently falls back to
     RANDOM weights when the weight download fails (it only logs a warning) and may pick a
-    pickle .bin, so for a Hub source we fetch the two files ourselves (safetensors only,
-    pinned revision, errors surface) and load the snapshot folder through "local-dir:"."""
+    pickle .bin, so for a Hub source we fetch the snapshot ourselves (safetensors only,
+    pinned revision, errors surface) and load the folder through "local-dir:", with
+    require_pretrained so a folder without loadable weights fails instead of serving random ones."""
     _prepare(spec, source)
-    with translate_load_errors(source):
+    with translate_load_errors(source, device):
         import open_clip
 
         progress(0.2, f"Reading {spec.key} config")
@@ -195,24 +185,24 @@ def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: 
                     f"point {source.env_var} at a folder with open_clip_config.json and open_clip_model.safetensors.",
                 )
             weights = sorted(folder.glob("*.safetensors"))
+            pickled = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            if not weights and not pickled:
+                raise ModelUnavailableError(
+                    spec.key, f"{folder} has no weights (no open_clip_model.safetensors).",
+                    f"point {source.env_var} at a folder with open_clip_config.json and open_clip_model.safetensors.",
+                )
             if not weights and not load_settings().allow_pickle:
                 raise ModelUnavailableError(
                     spec.key, f"{folder} has no .safetensors weights.",
                     "convert the checkpoint to open_clip_model.safetensors, or set MEDLAB_ALLOW_PICKLE=1 if you trust it.",
                 )
         else:
-            from huggingface_hub import hf_hub_download
-
-            revision = source.revision
-            config_path = hf_hub_download(source.location, "open_clip_config.json", revision=revision)
-            progress(0.3, f"Reading {spec.key} weights")
-            weights_path = hf_hub_download(source.location, "open_clip_model.safetensors", revision=revision)
-            folder = Path(weights_path).parent
-            if Path(config_path).parent != folder:  # both come from the same snapshot folder
-                raise RuntimeError(f"config and weights of {source.location} resolved to different snapshots")
+            folder = Path(local_files(source, progress, "open_clip_model.safetensors"))
         name = f"local-dir:{folder}"
         progress(0.5, f"Building {spec.key}")
-        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+        # require_pretrained: open_clip otherwise serves a randomly initialised model when the
+        # folder has no loadable weights (it only logs a warning); its full load is strict.
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
         tokenizer = open_clip.get_tokenizer(name)
     return LoadedModel(spec.key, _place(model, device), device, source, tokenizer=tokenizer, transform=preprocess)
 
@@ -220,17 +210,42 @@ def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: 
 def load_sentence_transformer(
     spec: ModelSpec, source: ModelSource, device: str, progress: Progress
 ) -> LoadedModel:
+    """A sentence-transformers model (dir or Hub repo); safetensors only unless allowed, and
+    every weight of its transformer module must come from the checkpoint."""
     _prepare(spec, source)
-    with translate_load_errors(source):
+    with translate_load_errors(source, device):
         from sentence_transformers import SentenceTransformer
 
         progress(0.3, f"Reading {spec.key} weights")
         kwargs: dict[str, Any] = {"device": device, "trust_remote_code": False}
+        if not load_settings().allow_pickle:
+            kwargs["model_kwargs"] = {"use_safetensors": True}
         if source.revision and not source.is_local:
             kwargs["revision"] = source.revision
-        model = SentenceTransformer(source.location, **kwargs)
+        folder = Path(local_files(source, progress))
+        kwargs.pop("revision", None)
+        model = SentenceTransformer(str(folder), **kwargs)
+    _check_sentence_transformer(spec.key, model, folder, _coverage_fix(source))
     model.eval()
     return LoadedModel(spec.key, model, device, source)
+
+
+def _check_sentence_transformer(key: str, model: Any, folder: Path, fix: str) -> None:
+    """Each Transformer module's parameters must all be in the .safetensors files beside it
+    (sentence-transformers only logs the weights it had to initialise randomly)."""
+    files = sorted(folder.rglob("*.safetensors"))
+    if not files:
+        if load_settings().allow_pickle:
+            return  # pickle weights allowed: sentence-transformers loaded them (strict-checked by torch below)
+        raise ModelUnavailableError(key, f"{folder} has no .safetensors weights.", fix)
+    names = safetensors_summary(files).names
+    for module in model.modules():
+        auto = getattr(module, "auto_model", None)
+        if auto is None:
+            continue
+        prefix = getattr(auto, "base_model_prefix", "")
+        have = set(names) | {n[len(prefix) + 1:] for n in names if prefix and n.startswith(prefix + ".")}
+        check_state_dict_coverage(key, auto, have, fix)
 
 
 # -- memory estimates and the process-wide cache ------------------------------------------
@@ -240,24 +255,67 @@ def _dir_weight_bytes(path: Path) -> int:
     )
 
 
-def estimate_bytes(key: str) -> int:
-    """Bytes a load of `key` will take, known before loading: the weight files for a local
-    dir, else the spec's estimate for its default checkpoint."""
+def planned_device() -> str:
+    """The device models are placed on ('cpu', 'cuda:0', ...)."""
+    return normalize_device(resolve_device())
+
+
+def _bitsandbytes_4bit(spec: ModelSpec, device: str) -> bool:
+    import importlib.util
+
+    return (bool(spec.quantize_4bit_on_cuda) and device.startswith("cuda")
+            and importlib.util.find_spec("bitsandbytes") is not None)
+
+
+def _load_dtype(spec: ModelSpec, device: str, bf16_bytes: int) -> str | None:
+    """The dtype the loader forces, None when it keeps the checkpoint's (transformers' "auto")."""
+    if spec.key != "captioner":
+        return None
+    if device.startswith("cuda"):
+        return "bfloat16"
+    # medlab.generation.radiograph: float32 on CPU unless that would not fit comfortably.
+    return "bfloat16" if bf16_bytes > 8 * 2**30 else "float32"
+
+
+def estimate_bytes(key: str, device: str | None = None) -> int:
+    """Bytes a load of `key` will take on `device` (default: the planned device), known
+    before loading: counted from the safetensors headers of a local dir (or the weight file
+    sizes), else the spec's size for its default checkpoint; then converted to the dtype the
+    loader uses there, and to 4-bit where the captioner is quantised."""
     spec = get_spec(key)
     try:
         source = resolve_source(key)
     except ModelUnavailableError:
         return 0
+    device = device or planned_device()
+    numel, stored = 0, 0
     if source.is_local and Path(source.location).is_dir():
-        return _dir_weight_bytes(Path(source.location))
-    return int(spec.memory_gb * 1024**3)
+        files = sorted(Path(source.location).rglob("*.safetensors"))
+        try:
+            summary = safetensors_summary(files)
+            numel, stored = summary.numel, summary.stored_bytes
+        except (OSError, ValueError, KeyError):
+            stored = 0
+        stored = stored or _dir_weight_bytes(Path(source.location))
+    else:
+        stored = int(spec.memory_gb * 1024**3)
+        from medlab.core.weights import DTYPE_BYTES
+
+        numel = stored // DTYPE_BYTES.get(spec.dtype, 4)
+    return planned_bytes(stored, numel, _load_dtype(spec, device, numel * 2), _bitsandbytes_4bit(spec, device))
+
+
+def estimate_placement(key: str) -> tuple[str, int]:
+    """(device, bytes) of the next load of `key`: what the cache reserves before loading."""
+    device = planned_device()
+    return device, estimate_bytes(key, device)
 
 
 def check_hardware(key: str) -> None:
     """Refuse fast when a model obviously cannot run here (no GPU for an 11B, too little RAM)."""
     spec = get_spec(key)
     source = resolve_source(key)
-    needed = estimate_bytes(key)
+    needed = estimate_bytes(key, "cpu")  # the no-GPU case: no torch import on status pages
     if spec.needs_gpu and source.is_default:
         if not cuda_expected() and not os.environ.get("MEDLAB_ALLOW_CPU_LARGE"):
             import psutil
@@ -287,15 +345,29 @@ _CACHE: ModelCache | None = None
 _CACHE_LOCK = threading.Lock()
 
 
+def device_budget(device: str) -> int | None:
+    """The cache's budget for one device: CPU RAM (MEDLAB_MEMORY_BUDGET_GB or 60% of RAM),
+    each CUDA device (MEDLAB_GPU_MEMORY_BUDGET_GB or what is free on it at start)."""
+    settings = load_settings()
+    if device.startswith("cuda"):
+        budget = settings.gpu_memory_budget_bytes(device)
+        if budget is None and settings.zero_gpu:  # no GPU attached yet: ZeroGPU's documented size
+            from medlab.core.config import GPU_WEIGHT_FRACTION
+            from medlab.core.zerogpu import ZERO_GPU_MEMORY_GB
+
+            budget = int(ZERO_GPU_MEMORY_GB * GPU_WEIGHT_FRACTION * 2**30)
+        return budget
+    return settings.memory_budget_bytes()
+
+
 def get_cache() -> ModelCache:
     """The one process-wide cache (created on first use, never at import)."""
     global _CACHE
     with _CACHE_LOCK:
         if _CACHE is None:
+            devices = ("cpu", "cuda:0") if cuda_expected() else ("cpu",)
             _CACHE = ModelCache(
-                load_fn=load_model,
-                budget_bytes=lambda: load_settings().memory_budget_bytes(),
-                estimate_fn=estimate_bytes,
+                load_fn=load_model, budget=device_budget, estimate_fn=estimate_placement, devices=devices
             )
         return _CACHE
 
@@ -310,4 +382,11 @@ def reset_cache() -> None:
 
 
 def get_model(key: str, progress: Progress | None = None) -> LoadedModel:
+    """The loaded model for `key`, WITHOUT a lease: it may be evicted while the caller still
+    uses it. Prefer `with use_model(key) as loaded:`."""
     return get_cache().get(key, progress)
+
+
+def use_model(key: str, progress: Progress | None = None) -> contextlib.AbstractContextManager[LoadedModel]:
+    """Lease the model for `key` for a `with` block: it is never evicted while the block runs."""
+    return get_cache().use(key, progress)

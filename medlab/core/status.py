@@ -16,6 +16,14 @@ from medlab.core.errors import MedlabError, ModelUnavailableError
 from medlab.core.registry import get_spec, model_keys, resolve_source
 
 HUB_HOST = "huggingface.co"
+
+
+def _hub_address() -> tuple[str, int]:
+    """Host and port of the Hub this process downloads from (HF_ENDPOINT, as huggingface_hub)."""
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "").strip() or f"https://{HUB_HOST}")
+    return endpoint.hostname or HUB_HOST, endpoint.port or (80 if endpoint.scheme == "http" else 443)
 _probe_lock = threading.Lock()
 _probe: tuple[float, bool] | None = None
 _probe_thread: threading.Thread | None = None
@@ -44,7 +52,7 @@ def hub_offline() -> bool:
 
 def _probe_hub(timeout: float) -> bool:
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection(_hub_address(), timeout=timeout):
             return True
     except OSError:
         return False
@@ -161,6 +169,7 @@ def model_status() -> dict[str, Any]:
         "settings": {
             "device": settings.device,
             "memory_budget_gb": round(settings.memory_budget_bytes() / 2**30, 2),
+            "gpu_memory_budget_gb": settings.gpu_memory_budget_gb,  # None: free memory at start
             "data_dir": str(settings.data_dir),
             "chroma": f"{settings.chroma_host}:{settings.chroma_port}" if settings.chroma_host else "embedded",
             "zero_gpu": settings.zero_gpu,

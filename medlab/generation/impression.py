@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medlab.core.cache import Progress
+from medlab.core.progress import Progress
 from medlab.core.errors import InputError, UnsupportedFileError
 from medlab.generation.metrics import ROUGE_TYPES, rouge, summarize
 

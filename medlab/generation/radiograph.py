@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from medlab.core.cache import Progress
+from medlab.core.progress import Progress
 from medlab.core.config import load_settings
 from medlab.core.errors import InputError, MedlabError, ModelUnavailableError
 from medlab.core.registry import ModelSource, ModelSpec, resolve_source

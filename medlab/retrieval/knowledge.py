@@ -32,7 +32,7 @@ from medlab.retrieval.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
+from medlab.core.progress import Progress  # noqa: E402
 
 KNOWLEDGE_DIR = PROJECT_ROOT / "knowledge"
 SUFFIXES = (".md", ".markdown", ".txt", ".pdf")

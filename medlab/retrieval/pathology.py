@@ -33,7 +33,7 @@ from medlab.retrieval.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
+from medlab.core.progress import Progress  # noqa: E402
 
 MODELS = ("plip", "clip_baseline")
 DEFAULT_LABELS: tuple[str, ...] = KATHER_CLASSES

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medlab.vision import classify, gate
-from medlab.core.cache import Progress
+from medlab.core.progress import Progress
 from medlab.core.errors import InputError
 from medlab.core.registry import ModelSpec, get_spec
 

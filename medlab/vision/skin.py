@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medlab.vision import classify, gate
-from medlab.core.cache import Progress
+from medlab.core.progress import Progress
 from medlab.core.errors import InputError
 from medlab.core.registry import ModelSpec, get_spec
 

@@ -1,0 +1,104 @@
+"""Fetching a Hub source into the local Hugging Face cache, with our file policy.
+
+Loaders fetch a Hub repo themselves (snapshot_download) and then load the local snapshot
+folder: huggingface_hub's typed errors (gated, not found, revision, offline, server) then
+reach medlab.core.load_errors intact, download progress reaches the UI, and the weights on
+disk can be checked before any library builds a model from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medlab.core.config import load_settings
+from medlab.core.errors import ModelUnavailableError
+from medlab.core.progress import Progress, no_progress
+from medlab.core.registry import ModelSource
+
+# Never fetch pickle weights or other frameworks' files for an app that loads safetensors.
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
+OTHER_FRAMEWORKS = ["*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "tf_model*", "flax_model*", "*.gguf"]
+IGNORE_PATTERNS = PICKLE_PATTERNS + OTHER_FRAMEWORKS
+
+
+def ignore_patterns() -> list[str]:
+    return OTHER_FRAMEWORKS if load_settings().allow_pickle else IGNORE_PATTERNS
+
+
+def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) -> type:
+    """A tqdm stand-in class for huggingface_hub's byte bars that reports the fraction of
+    bytes downloaded to `progress`, mapped onto [start, end] of the whole load."""
+
+    class _Bar:
+        def __init__(self, *args: Any, total: float | None = None, initial: float = 0, unit: str = "it",
+                     desc: str | None = None, **kwargs: Any) -> None:
+            self.total = total
+            self.n = initial or 0
+            self.unit = unit
+            self.desc = desc or ""
+            self.disable = False
+
+        def __enter__(self) -> _Bar:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            return None
+
+        def __iter__(self) -> Any:  # hf_thread_map may iterate a bar over its items
+            return iter(())
+
+        def update(self, n: float | None = 1) -> None:
+            self.n += n or 0
+            if self.unit == "B" and self.total:
+                done = min(1.0, self.n / self.total)
+                progress(start + (end - start) * done,
+                         f"Downloading weights: {self.n / 2**20:.1f} of {self.total / 2**20:.1f} MB")
+
+        def refresh(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+        def set_description(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        set_description_str = set_postfix_str = set_postfix = set_description
+
+        def reset(self, total: float | None = None) -> None:
+            self.total, self.n = total, 0
+
+    return _Bar
+
+
+def fetch_snapshot(source: ModelSource, progress: Progress | None = None) -> Path:
+    """Download (or find in the cache) the files of a Hub source; returns the snapshot folder.
+    Raises huggingface_hub's typed errors; the caller translates them."""
+    from huggingface_hub import snapshot_download
+
+    progress = progress or no_progress
+    progress(0.02, f"Fetching {source.location} from the Hugging Face Hub (or the local cache)")
+    folder = snapshot_download(
+        source.location,
+        revision=source.revision,
+        ignore_patterns=ignore_patterns(),
+        tqdm_class=progress_tqdm(progress),  # type: ignore[arg-type]
+    )
+    return Path(folder)
+
+
+def require_weights(source: ModelSource, folder: Path, wanted: str = "*.safetensors") -> None:
+    """A fetched snapshot must hold weights in a format we load."""
+    if any(folder.rglob(wanted)):
+        return
+    if load_settings().allow_pickle and any(p for pat in PICKLE_PATTERNS for p in folder.rglob(pat)):
+        return
+    others = sorted(p.name for p in folder.iterdir())[:8]
+    raise ModelUnavailableError(
+        source.key,
+        f"{source.location} (revision {source.revision or 'main'}) has no {wanted} weights"
+        + (f" (it has: {', '.join(others)})" if others else "")
+        + ". The app loads safetensors only, so pickle weights (.bin/.pt) are not fetched.",
+        "use a revision of the repo that has .safetensors weights (MEDLAB_REVISION_"
+        f"{source.key.upper()}), convert the weights, or set MEDLAB_ALLOW_PICKLE=1 if you trust the repo.",
+    )
