@@ -1,6 +1,6 @@
 """Section 6: pathology index build throughput (images/s) of the app's builder
-(medlab.retrieval.pathology.index_folder: hash, decode, thumbnail, encode in batches, upsert into
-chroma) vs the encoder alone (medlab.retrieval.pathology.encode_images on the same batches of
+(medlab.retrieval.image_index.index_folder: hash, decode, thumbnail, encode in batches, upsert into
+chroma) vs the encoder alone (medlab.retrieval.encoders.encode_images on the same batches of
 already-decoded images), with PLIP as a real-size CLIP ViT-B/32 with random weights.
 
 The images are generated 224 px PNG tiles (smooth random colour fields, H&E-like pinks and
@@ -55,26 +55,26 @@ def run(quick: bool = False) -> SectionResult:
 
     import torch
 
-    from medlab.retrieval import pathology
+    from medlab.retrieval import encoders, image_index
     from medlab.io.imaging import load_image
     from medlab.core.loaders import get_model
     from medlab.retrieval.vectorstore import reset_clients
 
     lm = get_model("plip")
     pils = [load_image(p).image for p in tiles]
-    batch = pathology.BATCH_SIZE
+    batch = image_index.BATCH_SIZE
     batches = [pils[i:i + batch] for i in range(0, n, batch)]
     pixel_batches = [lm.image_processor(images=b, return_tensors="pt")["pixel_values"] for b in batches]
-    pathology.encode_images("plip", batches[0])  # warm-up
+    encoders.encode_images("plip", batches[0])  # warm-up
 
     def pipeline() -> float:
         data = Path(tempfile.mkdtemp(prefix="bench-index-"))
         os.environ["MEDLAB_DATA_DIR"] = str(data)
         reset_clients()
         try:
-            pathology.image_collection("plip").count()  # open the store first: the app keeps one client
+            image_index.image_collection("plip").count()  # open the store first: the app keeps one client
             t0 = time.perf_counter()
-            report = pathology.index_folder(tiles[0].parent, key="plip")
+            report = image_index.index_folder(tiles[0].parent, key="plip")
             seconds = time.perf_counter() - t0
             assert report.added == n, report.summary()
             return seconds
@@ -85,7 +85,7 @@ def run(quick: bool = False) -> SectionResult:
     def encoder() -> float:
         t0 = time.perf_counter()
         for b in batches:
-            pathology.encode_images("plip", b)
+            encoders.encode_images("plip", b)
         return time.perf_counter() - t0
 
     def raw_forward() -> float:

@@ -1,6 +1,6 @@
 """Pathology tab (document 004): PLIP text->image and image->image search over a chromadb
 image index, and zero-shot classification with PLIP beside a general CLIP. UI only; the
-engine is medlab.retrieval.pathology."""
+engine is medlab.retrieval (encoders, zero_shot, image_index, image_search, default_index)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 
 import gradio as gr
 
-from medlab.retrieval.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
+from medlab.retrieval.encoders import DEFAULT_MODEL, MODEL_NAMES, MODELS, model_choices
+from medlab.retrieval.image_index import EXAMPLES_DIR
+from medlab.retrieval.zero_shot import DEFAULT_LABELS, DEFAULT_TEMPLATE
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 
 log = logging.getLogger(__name__)
@@ -18,7 +20,7 @@ log = logging.getLogger(__name__)
 TITLE = "Pathology search"
 TAB_ID = "pathology"
 DEFAULT_LABELS_TEXT = ", ".join(DEFAULT_LABELS)
-MODEL_CHOICES = [("PLIP (pathology)", "plip"), ("General CLIP (baseline)", "clip_baseline")]
+MODEL_CHOICES = model_choices()
 
 INTRO = """
 ### Search H&E tiles with words, find similar tiles, and classify a tile zero-shot
@@ -33,7 +35,7 @@ always sum to 1 over the labels you give, even when none of them fits.
 
 
 def _model_name(key: str) -> str:
-    return dict((v, k) for k, v in MODEL_CHOICES).get(key, key)
+    return MODEL_NAMES.get(key, key)
 
 
 def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
@@ -41,7 +43,7 @@ def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
     cost ~13 ms each: bench/results.md); a grey tile when one went missing."""
     from pathlib import Path
 
-    from medlab.retrieval.pathology import load_thumbnail
+    from medlab.retrieval.image_search import load_thumbnail
 
     return [(h.thumb if h.thumb and Path(h.thumb).is_file() else load_thumbnail(h), h.title) for h in hits]
 
@@ -53,21 +55,21 @@ def _status(hits: list[Any], what: str, key: str) -> str:
 
 
 @ui_errors
-def pathology_search(query: str, k: int = 8, model: str = "plip",
+def pathology_search(query: str, k: int = 8, model: str = DEFAULT_MODEL,
                      progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
     """Text -> the k most similar indexed images, with similarity scores and captions."""
-    from medlab.retrieval.pathology import search_text
+    from medlab.retrieval.image_search import search_text
 
     hits = search_text(query, k=int(k), key=model, progress=progress_callback(progress))
     return _gallery(hits), [h.id for h in hits], _status(hits, f'"{query.strip()}"', model)
 
 
 @ui_errors
-def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
+def pathology_similar(image: str | None, k: int = 8, model: str = DEFAULT_MODEL,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
     """Image -> the k most similar indexed images ("more like this"); an indexed image comes back first."""
     from medlab.core.errors import InputError
-    from medlab.retrieval.pathology import search_image
+    from medlab.retrieval.image_search import search_image
 
     if not image:
         raise InputError("Upload a tile to search with.")
@@ -76,9 +78,9 @@ def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
 
 
 @ui_errors
-def more_like_this(selected: str | None, k: int = 8, model: str = "plip") -> tuple[list[tuple[Any, str]], list[str], str]:
+def more_like_this(selected: str | None, k: int = 8, model: str = DEFAULT_MODEL) -> tuple[list[tuple[Any, str]], list[str], str]:
     from medlab.core.errors import InputError
-    from medlab.retrieval.pathology import search_image
+    from medlab.retrieval.image_search import search_image
 
     if not selected:
         raise InputError("Click a result in the gallery first, then 'More like this'.")
@@ -104,7 +106,7 @@ def pathology_zero_shot(
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[dict[str, float] | None, dict[str, float] | None, str]:
     """Zero-shot label probabilities for one tile: PLIP and, side by side, general CLIP."""
-    from medlab.retrieval.pathology import zero_shot
+    from medlab.retrieval.zero_shot import zero_shot
 
     out = zero_shot(image, labels, template, progress=progress_callback(progress))
     notes = []
@@ -116,7 +118,7 @@ def pathology_zero_shot(
             top = max(res["probs"], key=res["probs"].get)
             notes.append(f"**{_model_name(key)}**: top label *{top}* ({res['probs'][top]:.1%}).")
     notes.append("Probabilities are relative to the labels given; they are not a diagnosis.")
-    return _label(out.get("plip")), _label(out.get("clip_baseline")), "\n\n".join(notes)
+    return _label(out.get(MODELS[0])), _label(out.get(MODELS[1])), "\n\n".join(notes)
 
 
 @ui_errors
@@ -128,9 +130,9 @@ def pathology_index(
 ) -> str:
     """Add images to the index from an uploaded .zip (or an allowed server folder)."""
     from medlab.core.errors import InputError
-    from medlab.retrieval.pathology import check_index_root, index_folder, index_zip
+    from medlab.retrieval.image_index import check_index_root, index_folder, index_zip
 
-    keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
+    keys = [m for m in (models or [DEFAULT_MODEL]) if m in MODELS] or [DEFAULT_MODEL]
     report = progress_callback(progress)
     if not zip_file and not (folder or "").strip():
         raise InputError("Upload a .zip of images or give a folder on the server.")
@@ -149,9 +151,9 @@ def pathology_index(
 
 @ui_errors
 def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.Progress()) -> str:
-    from medlab.retrieval.pathology import index_examples as engine_index
+    from medlab.retrieval.image_index import index_examples as engine_index
 
-    keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
+    keys = [m for m in (models or [DEFAULT_MODEL]) if m in MODELS] or [DEFAULT_MODEL]
     return "**Example tiles indexed.**\n" + "\n".join(
         "- " + engine_index(key, progress=progress_callback(progress)).summary() for key in keys
     )
@@ -160,7 +162,7 @@ def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.P
 def index_status() -> str:
     """Size of each model's index (no model load; chromadb only)."""
     try:
-        from medlab.retrieval.pathology import EMPTY_INDEX_HELP, index_info
+        from medlab.retrieval.image_index import EMPTY_INDEX_HELP, index_info
 
         lines = []
         for key in MODELS:
@@ -170,8 +172,8 @@ def index_status() -> str:
             else:
                 lines.append(f"- {_model_name(key)}: **{info['count']}** images (collection `{info['collection']}`)")
         text = "**Image index**\n" + "\n".join(lines)
-        if index_info("plip")["count"] == 0:
-            text += "\n\n" + EMPTY_INDEX_HELP.format(model="PLIP") + " Or press **Index the example tiles**."
+        if index_info(DEFAULT_MODEL)["count"] == 0:
+            text += "\n\n" + EMPTY_INDEX_HELP.format(model=_model_name(DEFAULT_MODEL)) + " Or press **Index the example tiles**."
         return text
     except Exception as exc:  # noqa: BLE001 - a status line must never break the page
         log.warning("index status unavailable: %s", exc)
@@ -184,7 +186,7 @@ def _example_tiles() -> list[str]:
 
 def build() -> None:
     disclaimer()
-    availability_banner("plip", "clip_baseline")
+    availability_banner(*MODELS)
     gr.Markdown(INTRO)
     # Filled on each page load (not at build time: opening chromadb at start-up costs ~1 s).
     status = gr.Markdown("**Image index**: checking…")
@@ -198,7 +200,7 @@ def build() -> None:
             query = gr.Textbox(label="Describe the tissue", placeholder="tumor epithelium with irregular glands")
             with gr.Row():
                 k = gr.Slider(1, 32, value=8, step=1, label="Results (k)")
-                model = gr.Radio(MODEL_CHOICES, value="plip", label="Search with")
+                model = gr.Radio(MODEL_CHOICES, value=DEFAULT_MODEL, label="Search with")
             search = gr.Button("Search", variant="primary")
             gr.Examples([["colorectal adenocarcinoma epithelium"], ["lymphocytes"], ["adipose tissue"],
                          ["mucus"], ["glands stained brown by immunohistochemistry"]],
@@ -262,7 +264,7 @@ def build() -> None:
             with gr.Column():
                 folder = gr.Textbox(value="", label="…or a folder on the server",
                                     info="Only inside the data dir, assets/pathology or MEDLAB_INDEX_ROOTS.")
-                models = gr.CheckboxGroup(MODEL_CHOICES, value=["plip"], label="Index for")
+                models = gr.CheckboxGroup(MODEL_CHOICES, value=[DEFAULT_MODEL], label="Index for")
         with gr.Row():
             build_btn = gr.Button("Add to index", variant="primary")
             examples_btn = gr.Button("Index the example tiles")
@@ -276,5 +278,5 @@ def build() -> None:
         index_status, outputs=status, api_visibility="private")
     refresh.click(index_status, outputs=status, api_visibility="private")
 
-    model_card("plip", "Model card: PLIP")
-    model_card("clip_baseline", "Model card: general CLIP baseline")
+    for key in MODELS:
+        model_card(key, f"Model card: {_model_name(key)}")
