@@ -46,6 +46,9 @@ class Settings:
     captioner_endpoint: str | None = None
     captioner_endpoint_model: str | None = None
     zero_gpu: bool = False
+    # Default pathology index: Hub dataset id, local folder / .zip / .parquet, or "off".
+    pathology_source: str = "1aurent/NCT-CRC-HE"
+    pathology_max_tiles: int = 2000
 
     @property
     def max_upload_bytes(self) -> int:
@@ -149,7 +152,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         captioner_endpoint=endpoint,
         captioner_endpoint_model=env.get("MEDLAB_CAPTIONER_ENDPOINT_MODEL", "").strip() or None,
         zero_gpu=bool(env.get("SPACES_ZERO_GPU", "").strip()),
+        pathology_source=env.get("MEDLAB_PATHOLOGY_SOURCE", "").strip() or Settings.pathology_source,
+        pathology_max_tiles=_positive_int(env, "MEDLAB_PATHOLOGY_MAX_TILES", Settings.pathology_max_tiles),
     )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(name, raw, "a whole number >= 1")
+    return int(raw)
 
 
 def cuda_expected(settings: Settings | None = None) -> bool:
