@@ -180,6 +180,28 @@ def index_status() -> str:
         return f"Image index status unavailable ({type(exc).__name__}: {exc})."
 
 
+def default_index_text() -> str:
+    """The default index's build line (n of N, rate, time left) as Markdown, with a bar."""
+    from medlab.retrieval.default_index import status as build_status
+
+    st = build_status()
+    text = st.line()
+    if st.building and st.total:
+        filled = int(20 * min(1.0, st.done / st.total))
+        text = f"`[{'#' * filled}{'.' * (20 - filled)}]` " + text + " Search already works on the tiles indexed so far."
+    elif st.state == "error":
+        text = "⚠️ " + text
+    return text
+
+
+def poll_default_index() -> tuple[str, str, Any]:
+    """gr.Timer tick: refresh the build line and the index size; stop ticking once it ends."""
+    from medlab.retrieval.default_index import status as build_status
+
+    st = build_status()
+    return default_index_text(), index_status(), gr.Timer(active=st.building)
+
+
 def _example_tiles() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
 
@@ -191,6 +213,12 @@ def build() -> None:
     # Filled on each page load (not at build time: opening chromadb at start-up costs ~1 s).
     status = gr.Markdown("**Image index**: checking…")
     on_page_load(status, index_status, "**Image index**: status unavailable.")
+    # The default tile set builds in the background (medlab.retrieval.default_index): poll it.
+    build_line = gr.Markdown("Default pathology index: checking…")
+    on_page_load(build_line, default_index_text, "Default pathology index: status unavailable.")
+    build_timer = gr.Timer(2.0)
+    build_timer.tick(poll_default_index, outputs=[build_line, status, build_timer], api_visibility="private",
+                     show_progress="hidden")
     hits_state = gr.State([])
     selected = gr.State(None)
 

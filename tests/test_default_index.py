@@ -226,3 +226,34 @@ def test_kill_9_mid_build_resumes_without_duplicates_or_half_tiles(ddata: Path) 
         assert set(rows[key]) == set(expected)  # exactly once each (ids are unique per collection)
         assert st.added[key] == 40 - len(partial[key])  # only what was missing was encoded
     assert_whole(rows)
+
+
+def test_prepare_command_builds_and_says_so(ddata: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from medlab.__main__ import main
+
+    expected = make_folder(ddata / "tiles", 6, seed=3)
+    monkeypatch.setenv("MEDLAB_PATHOLOGY_SOURCE", str(ddata / "tiles"))
+    assert main(["prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "done, 6 of 6 tiles" in out
+    assert set(stored("plip")) == set(expected) and set(stored("clip_baseline")) == set(expected)
+    monkeypatch.setenv("MEDLAB_PATHOLOGY_SOURCE", str(ddata / "nowhere"))
+    assert main(["prepare"]) == 1
+    assert "no such file or folder" in capsys.readouterr().out
+
+
+def test_tab_poll_shows_progress_and_stops_ticking_when_done(ddata: Path) -> None:
+    import tabs.pathology as tab
+
+    make_folder(ddata / "tiles", 4, seed=4)
+    with default_index._LOCK:  # a build caught half-way, as the timer would see it
+        default_index._STATUS = default_index.BuildStatus(state="running", source="folder x", done=5, total=20,
+                                                          rate=2.5, eta_s=6.0)
+    text, _, timer = tab.poll_default_index()
+    assert "5 of 20 tiles, 2.5 tiles/s, about 6 s left" in text and "`[#####..." in text
+    assert timer.active is True
+    default_index.build(str(ddata / "tiles"), keys=("plip",))
+    text, index_text, timer = tab.poll_default_index()
+    assert "done, 4 of 4 tiles" in text and timer.active is False
+    assert "**4** images" in index_text

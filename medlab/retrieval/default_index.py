@@ -341,3 +341,17 @@ def doctor_lines() -> list[str]:
         except TileSourceError as exc:
             lines.append(f"default index: unavailable. {exc}")
     return lines
+
+
+def cli_prepare(args: Any = None) -> int:  # noqa: ARG001 - argparse passes its namespace
+    """`python -m medlab prepare`: build the default index, printing progress; 0 when done/off."""
+    last = [0.0]
+
+    def show(fraction: float, message: str) -> None:
+        if time.monotonic() - last[0] > 2 or fraction >= 1:  # a line every 2 s is enough
+            last[0] = time.monotonic()
+            print(f"[{fraction:4.0%}] {message}", flush=True)
+
+    final = prepare(show)
+    print(final.line())
+    return 0 if final.state in ("done", "off") else 1
