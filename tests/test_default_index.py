@@ -257,3 +257,89 @@ def test_tab_poll_shows_progress_and_stops_ticking_when_done(ddata: Path) -> Non
     text, index_text, timer = tab.poll_default_index()
     assert "done, 4 of 4 tiles" in text and timer.active is False
     assert "**4** images" in index_text
+
+
+def test_hub_source_reads_matching_shards_and_translates_hub_errors(
+        ddata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HubParquetSource through huggingface_hub's own calls, answered locally: it lists the
+    dataset's files, downloads only the shards matching the pattern, and turns the library's
+    exception classes into messages with a fix."""
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    from medlab.retrieval.tile_sources import HubParquetSource, TileSourceError
+
+    shard_a = make_parquet(ddata / "a.parquet", 5, seed=21)
+    shard_b = make_parquet(ddata / "b.parquet", 4, seed=22)
+    files = {"data/CRC_VAL_HE_7K-00000-of-00002.parquet": ddata / "a.parquet",
+             "data/CRC_VAL_HE_7K-00001-of-00002.parquet": ddata / "b.parquet",
+             "data/NCT_CRC_HE_100K-00000-of-00031.parquet": ddata / "nope.parquet", "README.md": ddata / "x"}
+    fetched: list[str] = []
+
+    def download(repo: str, name: str, repo_type: str | None = None, **_: object) -> str:
+        assert (repo, repo_type) == ("owner/crc", "dataset")
+        fetched.append(name)
+        return str(files[name])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo, repo_type=None: list(files))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    st = default_index.build("owner/crc:data/CRC_VAL_HE_7K-*.parquet", keys=("plip",))
+    assert st.state == "done" and st.done == 9 and st.total == 9
+    assert fetched == ["data/CRC_VAL_HE_7K-00000-of-00002.parquet", "data/CRC_VAL_HE_7K-00001-of-00002.parquet"]
+    assert set(stored("plip")) == set(shard_a) | set(shard_b)
+
+    def gated(self: object, repo: str, repo_type: str | None = None) -> list[str]:
+        import httpx
+
+        request = httpx.Request("GET", "https://hub.invalid/api/datasets/owner/crc")
+        raise hf_errors.GatedRepoError("gated", response=httpx.Response(403, request=request))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", gated)
+    with pytest.raises(TileSourceError, match="is gated.*hf auth login"):
+        HubParquetSource("owner/crc")
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo, repo_type=None: ["README.md"])
+    st = default_index.build("owner/crc", keys=("plip",))
+    assert st.state == "error" and "not an image set" in st.message
+
+
+@pytest.mark.browser
+def test_screenshot_of_the_tab_while_the_index_builds(ddata: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      use_tiny_models: dict[str, str]) -> None:
+    """The live app with a local source on a fresh data dir: the tab shows n of N, rate and time
+    left while tiles arrive, and search already answers from the tiles indexed so far."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import ARTIFACTS, serve_app
+    from tests.test_browser import ARGS, CHROMIUM, _click_visible, _open_tab, _wait_text
+
+    make_folder(ddata / "tiles", 320, seed=8)
+    slow = default_index._index_batch
+
+    def slowly(*args: object, **kwargs: object) -> None:  # slow enough to watch it build
+        slow(*args, **kwargs)
+        time.sleep(0.8)
+
+    monkeypatch.setattr(default_index, "_index_batch", slowly)
+    env = {"MEDLAB_PATHOLOGY_SOURCE": str(ddata / "tiles"), "MEDLAB_DATA_DIR": str(ddata / "data")}
+    shots = ARTIFACTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with serve_app(env) as url, sync_playwright() as p:
+        default_index.start_background()  # what app.main does before launch
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector("[role=tab]", timeout=30_000)
+            _open_tab(page, "Pathology search")
+            _wait_text(page, "tiles/s")
+            _click_visible(page, "button", "lymphocytes")
+            _click_visible(page, "button", "Search")
+            _wait_text(page, "best matches for")
+            text = page.locator("body").inner_text()
+            assert "of 320 tiles" in text and "left" in text
+            page.wait_for_timeout(1500)  # let the gallery thumbnails load
+            assert default_index.status().state == "running"  # the shot shows a build in progress
+            page.screenshot(path=str(shots / "pathology_building.png"), full_page=False)
+        finally:
+            browser.close()
+            default_index.cancel()

@@ -267,7 +267,9 @@ def _unknown(value: str) -> TileSource:
 
 
 def _looks_local(v: str) -> bool:
-    return v.startswith(("/", ".", "~")) or "\\" in v or Path(v).suffix.lower() in (".zip", ".parquet")
+    if v.startswith(("/", ".", "~")) or "\\" in v:
+        return True
+    return ":" not in v and Path(v).suffix.lower() in (".zip", ".parquet")  # "owner/name:glob" is the Hub
 
 
 # First match wins: (test, make).
