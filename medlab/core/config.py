@@ -47,7 +47,7 @@ class Settings:
     captioner_endpoint_model: str | None = None
     zero_gpu: bool = False
     # Default pathology index: Hub dataset id, local folder / .zip / .parquet, or "off".
-    pathology_source: str = "1aurent/NCT-CRC-HE"
+    pathology_source: str = "1aurent/NCT-CRC-HE:data/CRC_VAL_HE_7K-*.parquet"
     pathology_max_tiles: int = 2000
 
     @property
