@@ -279,6 +279,9 @@ def build() -> None:
                    api_name="pathology_zero_shot", concurrency_limit=2, concurrency_id="pathology")
 
     with gr.Accordion("Build the index (add images)", open=False):
+        from medlab.retrieval.default_index import SOURCE_CARD
+
+        gr.Markdown(SOURCE_CARD)
         gr.Markdown(
             "Upload a **.zip** of PNG/JPEG/TIFF tiles. Optional: a CSV beside the images with columns "
             "`file,label,caption` — the caption shows under each result. Images are identified by "

@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 BATCH_SIZE = 16
+SOURCE_CARD = (
+    "**Default tile set.** CRC-VAL-HE-7K: 7,180 H&E tiles (224 px, 0.5 µm/px, 9 colorectal tissue "
+    "classes, 50 patients) from Kather, Halama & Marx 2018, Zenodo doi:10.5281/zenodo.1214456, "
+    "licence **CC-BY-4.0**; read from the parquet shards of the Hub dataset `1aurent/NCT-CRC-HE` "
+    "(card: cc-by-4.0). The first `MEDLAB_PATHOLOGY_MAX_TILES` tiles are indexed with every "
+    "pathology model in the background; `MEDLAB_PATHOLOGY_SOURCE` points it at another Hub "
+    "dataset, a local folder / .zip / .parquet, or `off`. See assets/ATTRIBUTION.md."
+)
 FINAL = frozenset({"off", "done", "error", "cancelled"})
 
 
