@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     preload_for_zero_gpu()  # on ZeroGPU: weights placed on cuda now, the captioner too when it fits
     demo = build_app()
+    from medlab.retrieval.default_index import start_background
+
+    start_background()  # the default pathology tile set indexes itself (bulk, one daemon thread)
     demo.launch(**launch_kwargs(args.host, args.port, args.share))
     return 0
 

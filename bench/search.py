@@ -1,5 +1,5 @@
 """Section 4: pathology search latency (text encoding excluded) over N stored 512-d unit
-embeddings: the app's store (medlab.retrieval.pathology's chroma collection, filled through
+embeddings: the app's store (medlab.retrieval.image_index's chroma collection, filled through
 medlab.retrieval.vectorstore.upsert exactly as the index builder does) vs brute-force numpy, and how
 latency grows with N.
 
@@ -80,13 +80,13 @@ def stub_model_dir(root: Path) -> Path:
 
 def build_store(n: int, deadline: float, batch: int = 5_000) -> dict[str, Any]:
     """Fill (or resume filling) the app's collection up to n vectors before `deadline`."""
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index
     from medlab.retrieval.vectorstore import upsert
 
     data = Path(os.environ["MEDLAB_DATA_DIR"])
     stamp_path = data / "bench-stamp.json"
     stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {"insert_seconds": 0.0, "inserted": 0}
-    col = pathology.image_collection("plip")
+    col = image_index.image_collection("plip")
     # Rows go in in id order, in store-sized batches, so a build stopped half-way resumes at
     # `count` (upserting rows that exist already would be ~10x slower than adding new ones).
     start = col.count()
@@ -121,9 +121,9 @@ def measure_size(n_stored: int, queries: np.ndarray, repeats: int) -> dict[str, 
     numpy brute force, plus chroma's recall@K against the exact answer."""
     from threadpoolctl import threadpool_limits
 
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index, image_search
 
-    col = pathology.image_collection("plip")
+    col = image_index.image_collection("plip")
     matrix = vectors(0, n_stored)
     ids, _ = ids_and_metas(0, n_stored)
     current = {"i": 0}
@@ -131,11 +131,11 @@ def measure_size(n_stored: int, queries: np.ndarray, repeats: int) -> dict[str, 
     def fake_encode(key: str, texts: Any, progress: Any = None) -> np.ndarray:  # noqa: ARG001
         return queries[current["i"] % len(queries)][None, :]
 
-    original = pathology.encode_texts
-    pathology.encode_texts = fake_encode  # the search path minus text encoding
+    original = image_search.encode_texts
+    image_search.encode_texts = fake_encode  # the search path minus text encoding
     try:
         def app() -> Any:
-            return pathology.search_text("colorectal adenocarcinoma epithelium", k=K, key="plip")
+            return image_search.search_text("colorectal adenocarcinoma epithelium", k=K, key="plip")
 
         def raw() -> Any:
             q = queries[current["i"] % len(queries)]
@@ -166,7 +166,7 @@ def measure_size(n_stored: int, queries: np.ndarray, repeats: int) -> dict[str, 
             approx = {h.id for h in app()}
             recalls.append(len(exact & approx) / K)
     finally:
-        pathology.encode_texts = original
+        image_search.encode_texts = original
     out = {name: summary(v) for name, v in runs.items()}
     out["recall_at_k"] = round(float(np.mean(recalls)), 3)
     out["n"] = n_stored
@@ -239,7 +239,7 @@ def run(quick: bool = False, budget_s: float = 480.0) -> SectionResult:
         ca, cb = measured[done[0]]["collection_count"]["median_ms"], measured[done[-1]]["collection_count"]["median_ms"]
         res.notes.append(
             f"chroma's count() (and get(limit=1)) is linear in N here ({ca:.1f} ms -> {cb:.1f} ms), so "
-            "medlab.retrieval.pathology.search_text never calls count() per query: it checks emptiness once per process "
+            "medlab.retrieval.image_search.search_text never calls count() per query: it checks emptiness once per process "
             "(before any model load) and lets chroma return fewer than k rows for a small index.")
     res.notes.append(
         f"chroma recall@{K} (overlap of the app's top-{K} with the exact top-{K}) is low on these vectors: the collection "

@@ -90,12 +90,12 @@ def run(quick: bool = False) -> SectionResult:
 
     from medlab.generation import impression
 
-    from medlab.retrieval import pathology
+    from medlab.retrieval import encoders, image_index, image_search
     from medlab.io.imaging import load_any
     from medlab.core.loaders import get_cache, get_model
 
     # The pathology search endpoint needs a non-empty index: the bundled example tiles.
-    pathology.index_examples("plip")
+    image_index.index_examples("plip")
     demo, client, url = _launch()
     repeats = {"skin": 2, "lung": 2, "impression": 1, "plip": 2} if quick else \
         {"skin": 8, "lung": 10, "impression": 3, "plip": 10}
@@ -162,8 +162,8 @@ def run(quick: bool = False) -> SectionResult:
             },
             "plip": {
                 "raw_forward": text_fwd,
-                "engine_encode": lambda: pathology.encode_texts("plip", [QUERY]),
-                "engine": lambda: pathology.search_text(QUERY, k=8, key="plip"),
+                "engine_encode": lambda: encoders.encode_texts("plip", [QUERY]),
+                "engine": lambda: image_search.search_text(QUERY, k=8, key="plip"),
                 "api": lambda: client.predict(QUERY, 8, "plip", api_name="/pathology_search"),
                 "api_k1": lambda: client.predict(QUERY, 1, "plip", api_name="/pathology_search"),
             },

@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     download = sub.add_parser("download", help="pre-fetch weights into the Hugging Face cache")
     download.add_argument("keys", nargs="*", metavar="KEY", help=f"model keys (default all): {', '.join(model_keys())}")
     download.set_defaults(func=cmd_download)
+    from medlab.retrieval.default_index import cli_prepare
+
+    prepare = sub.add_parser("prepare", help="build the default pathology index (MEDLAB_PATHOLOGY_SOURCE) now")
+    prepare.set_defaults(func=cli_prepare)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,6 +1,6 @@
 """Pathology tab (document 004): PLIP text->image and image->image search over a chromadb
 image index, and zero-shot classification with PLIP beside a general CLIP. UI only; the
-engine is medlab.retrieval.pathology."""
+engine is medlab.retrieval (encoders, zero_shot, image_index, image_search, default_index)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 
 import gradio as gr
 
-from medlab.retrieval.pathology import DEFAULT_LABELS, DEFAULT_TEMPLATE, EXAMPLES_DIR, MODELS
+from medlab.retrieval.encoders import DEFAULT_MODEL, MODEL_NAMES, MODELS, model_choices
+from medlab.retrieval.image_index import EXAMPLES_DIR
+from medlab.retrieval.zero_shot import DEFAULT_LABELS, DEFAULT_TEMPLATE
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 from tabs.common import GpuDuration, Lane, files_in_upload, model_event
 
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 TITLE = "Pathology search"
 TAB_ID = "pathology"
 DEFAULT_LABELS_TEXT = ", ".join(DEFAULT_LABELS)
-MODEL_CHOICES = [("PLIP (pathology)", "plip"), ("General CLIP (baseline)", "clip_baseline")]
+MODEL_CHOICES = model_choices()
 
 INTRO = """
 ### Search H&E tiles with words, find similar tiles, and classify a tile zero-shot
@@ -34,7 +36,7 @@ always sum to 1 over the labels you give, even when none of them fits.
 
 
 def _model_name(key: str) -> str:
-    return dict((v, k) for k, v in MODEL_CHOICES).get(key, key)
+    return MODEL_NAMES.get(key, key)
 
 
 def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
@@ -42,7 +44,7 @@ def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
     cost ~13 ms each: bench/results.md); a grey tile when one went missing."""
     from pathlib import Path
 
-    from medlab.retrieval.pathology import load_thumbnail
+    from medlab.retrieval.image_search import load_thumbnail
 
     return [(h.thumb if h.thumb and Path(h.thumb).is_file() else load_thumbnail(h), h.title) for h in hits]
 
@@ -54,21 +56,21 @@ def _status(hits: list[Any], what: str, key: str) -> str:
 
 
 @ui_errors
-def pathology_search(query: str, k: int = 8, model: str = "plip",
+def pathology_search(query: str, k: int = 8, model: str = DEFAULT_MODEL,
                      progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
     """Text -> the k most similar indexed images, with similarity scores and captions."""
-    from medlab.retrieval.pathology import search_text
+    from medlab.retrieval.image_search import search_text
 
     hits = search_text(query, k=int(k), key=model, progress=progress_callback(progress))
     return _gallery(hits), [h.id for h in hits], _status(hits, f'"{query.strip()}"', model)
 
 
 @ui_errors
-def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
+def pathology_similar(image: str | None, k: int = 8, model: str = DEFAULT_MODEL,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
     """Image -> the k most similar indexed images ("more like this"); an indexed image comes back first."""
     from medlab.core.errors import InputError
-    from medlab.retrieval.pathology import search_image
+    from medlab.retrieval.image_search import search_image
 
     if not image:
         raise InputError("Upload a tile to search with.")
@@ -77,9 +79,9 @@ def pathology_similar(image: str | None, k: int = 8, model: str = "plip",
 
 
 @ui_errors
-def more_like_this(selected: str | None, k: int = 8, model: str = "plip") -> tuple[list[tuple[Any, str]], list[str], str]:
+def more_like_this(selected: str | None, k: int = 8, model: str = DEFAULT_MODEL) -> tuple[list[tuple[Any, str]], list[str], str]:
     from medlab.core.errors import InputError
-    from medlab.retrieval.pathology import search_image
+    from medlab.retrieval.image_search import search_image
 
     if not selected:
         raise InputError("Click a result in the gallery first, then 'More like this'.")
@@ -105,7 +107,7 @@ def pathology_zero_shot(
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[dict[str, float] | None, dict[str, float] | None, str]:
     """Zero-shot label probabilities for one tile: PLIP and, side by side, general CLIP."""
-    from medlab.retrieval.pathology import zero_shot
+    from medlab.retrieval.zero_shot import zero_shot
 
     out = zero_shot(image, labels, template, progress=progress_callback(progress))
     notes = []
@@ -117,7 +119,7 @@ def pathology_zero_shot(
             top = max(res["probs"], key=res["probs"].get)
             notes.append(f"**{_model_name(key)}**: top label *{top}* ({res['probs'][top]:.1%}).")
     notes.append("Probabilities are relative to the labels given; they are not a diagnosis.")
-    return _label(out.get("plip")), _label(out.get("clip_baseline")), "\n\n".join(notes)
+    return _label(out.get(MODELS[0])), _label(out.get(MODELS[1])), "\n\n".join(notes)
 
 
 @ui_errors
@@ -129,9 +131,9 @@ def pathology_index(
 ) -> str:
     """Add images to the index from an uploaded .zip (or an allowed server folder)."""
     from medlab.core.errors import InputError
-    from medlab.retrieval.pathology import check_index_root, index_folder, index_zip
+    from medlab.retrieval.image_index import check_index_root, index_folder, index_zip
 
-    keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
+    keys = [m for m in (models or [DEFAULT_MODEL]) if m in MODELS] or [DEFAULT_MODEL]
     report = progress_callback(progress)
     if not zip_file and not (folder or "").strip():
         raise InputError("Upload a .zip of images or give a folder on the server.")
@@ -150,9 +152,9 @@ def pathology_index(
 
 @ui_errors
 def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.Progress()) -> str:
-    from medlab.retrieval.pathology import index_examples as engine_index
+    from medlab.retrieval.image_index import index_examples as engine_index
 
-    keys = [m for m in (models or ["plip"]) if m in MODELS] or ["plip"]
+    keys = [m for m in (models or [DEFAULT_MODEL]) if m in MODELS] or [DEFAULT_MODEL]
     return "**Example tiles indexed.**\n" + "\n".join(
         "- " + engine_index(key, progress=progress_callback(progress)).summary() for key in keys
     )
@@ -161,7 +163,7 @@ def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.P
 def index_status() -> str:
     """Size of each model's index (no model load; chromadb only)."""
     try:
-        from medlab.retrieval.pathology import EMPTY_INDEX_HELP, index_info
+        from medlab.retrieval.image_index import EMPTY_INDEX_HELP, index_info
 
         lines = []
         for key in MODELS:
@@ -171,12 +173,34 @@ def index_status() -> str:
             else:
                 lines.append(f"- {_model_name(key)}: **{info['count']}** images (collection `{info['collection']}`)")
         text = "**Image index**\n" + "\n".join(lines)
-        if index_info("plip")["count"] == 0:
-            text += "\n\n" + EMPTY_INDEX_HELP.format(model="PLIP") + " Or press **Index the example tiles**."
+        if index_info(DEFAULT_MODEL)["count"] == 0:
+            text += "\n\n" + EMPTY_INDEX_HELP.format(model=_model_name(DEFAULT_MODEL)) + " Or press **Index the example tiles**."
         return text
     except Exception as exc:  # noqa: BLE001 - a status line must never break the page
         log.warning("index status unavailable: %s", exc)
         return f"Image index status unavailable ({type(exc).__name__}: {exc})."
+
+
+def default_index_text() -> str:
+    """The default index's build line (n of N, rate, time left) as Markdown, with a bar."""
+    from medlab.retrieval.default_index import status as build_status
+
+    st = build_status()
+    text = st.line()
+    if st.building and st.total:
+        filled = int(20 * min(1.0, st.done / st.total))
+        text = f"`[{'#' * filled}{'.' * (20 - filled)}]` " + text + " Search already works on the tiles indexed so far."
+    elif st.state == "error":
+        text = "⚠️ " + text
+    return text
+
+
+def poll_default_index() -> tuple[str, str, Any]:
+    """gr.Timer tick: refresh the build line and the index size; stop ticking once it ends."""
+    from medlab.retrieval.default_index import status as build_status
+
+    st = build_status()
+    return default_index_text(), index_status(), gr.Timer(active=st.building)
 
 
 def _example_tiles() -> list[str]:
@@ -185,11 +209,17 @@ def _example_tiles() -> list[str]:
 
 def build() -> None:
     disclaimer()
-    availability_banner("plip", "clip_baseline")
+    availability_banner(*MODELS)
     gr.Markdown(INTRO)
     # Filled on each page load (not at build time: opening chromadb at start-up costs ~1 s).
     status = gr.Markdown("**Image index**: checking…")
     on_page_load(status, index_status, "**Image index**: status unavailable.")
+    # The default tile set builds in the background (medlab.retrieval.default_index): poll it.
+    build_line = gr.Markdown("Default pathology index: checking…")
+    on_page_load(build_line, default_index_text, "Default pathology index: status unavailable.")
+    build_timer = gr.Timer(2.0)
+    build_timer.tick(poll_default_index, outputs=[build_line, status, build_timer], api_visibility="private",
+                     show_progress="hidden")
     hits_state = gr.State([])
     selected = gr.State(None)
 
@@ -199,7 +229,7 @@ def build() -> None:
             query = gr.Textbox(label="Describe the tissue", placeholder="tumor epithelium with irregular glands")
             with gr.Row():
                 k = gr.Slider(1, 32, value=8, step=1, label="Results (k)")
-                model = gr.Radio(MODEL_CHOICES, value="plip", label="Search with")
+                model = gr.Radio(MODEL_CHOICES, value=DEFAULT_MODEL, label="Search with")
             search = gr.Button("Search", variant="primary")
             gr.Examples([["colorectal adenocarcinoma epithelium"], ["lymphocytes"], ["adipose tissue"],
                          ["mucus"], ["glands stained brown by immunohistochemistry"]],
@@ -250,6 +280,9 @@ def build() -> None:
                 outputs=[plip_out, clip_out, zs_notes], api_name="pathology_zero_shot", gpu_duration=30)
 
     with gr.Accordion("Build the index (add images)", open=False):
+        from medlab.retrieval.default_index import SOURCE_CARD
+
+        gr.Markdown(SOURCE_CARD)
         gr.Markdown(
             "Upload a **.zip** of PNG/JPEG/TIFF tiles. Optional: a CSV beside the images with columns "
             "`file,label,caption` — the caption shows under each result. Images are identified by "
@@ -263,7 +296,7 @@ def build() -> None:
             with gr.Column():
                 folder = gr.Textbox(value="", label="…or a folder on the server",
                                     info="Only inside the data dir, assets/pathology or MEDLAB_INDEX_ROOTS.")
-                models = gr.CheckboxGroup(MODEL_CHOICES, value=["plip"], label="Index for")
+                models = gr.CheckboxGroup(MODEL_CHOICES, value=[DEFAULT_MODEL], label="Index for")
         with gr.Row():
             build_btn = gr.Button("Add to index", variant="primary")
             examples_btn = gr.Button("Index the example tiles")
@@ -278,5 +311,5 @@ def build() -> None:
         index_status, outputs=status, api_visibility="private")
     refresh.click(index_status, outputs=status, api_visibility="private")
 
-    model_card("plip", "Model card: PLIP")
-    model_card("clip_baseline", "Model card: general CLIP baseline")
+    for key in MODELS:
+        model_card(key, f"Model card: {_model_name(key)}")

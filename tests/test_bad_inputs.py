@@ -223,10 +223,10 @@ def warm(live_app: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
     _, client = live_app
     d = tmp_path_factory.mktemp("warm")
     good = bf.cmyk_jpeg(d)
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index
 
-    if pathology.image_collection("plip").count() == 0:
-        pathology.index_examples("plip")  # the bundled example tiles: search needs an index
+    if image_index.image_collection("plip").count() == 0:
+        image_index.index_examples("plip")  # the bundled example tiles: search needs an index
     client.predict("What does the ABCDE rule stand for?", api_name="/assistant_ask")
     client.predict("tumour epithelium", api_name="/pathology_search")
     client.predict(handle_file(str(good)), api_name="/skin_classify")

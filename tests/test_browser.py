@@ -98,10 +98,10 @@ def _open_tab(page: Any, title: str) -> None:
 
 
 def test_every_tab_in_a_real_browser(live_app: tuple[str, Any], browser: Any) -> None:
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index
 
-    if pathology.image_collection("plip").count() == 0:
-        pathology.index_examples("plip")  # search needs an index; a teacher would press the button
+    if image_index.image_collection("plip").count() == 0:
+        image_index.index_examples("plip")  # search needs an index; a teacher would press the button
     url, _ = live_app
     SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1100})

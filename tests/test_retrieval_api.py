@@ -15,7 +15,7 @@ from tests.test_pathology import make_tiles
 @pytest.fixture(scope="module")
 def indexed(live_app: tuple[str, object], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Tiles indexed for PLIP in the live app's data dir (same process, same env)."""
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index
 
     folder = tmp_path_factory.mktemp("api-tiles")
     tiles = make_tiles(folder, n=6, seed=21)
@@ -28,7 +28,7 @@ def indexed(live_app: tuple[str, object], tmp_path_factory: pytest.TempPathFacto
     _, client = live_app
     report = client.predict(handle_file(str(z)), api_name="/pathology_index")
     assert "6 added" in report and "notes.txt" in report
-    assert pathology.image_collection("plip").count() >= 6
+    assert image_index.image_collection("plip").count() >= 6
     return tiles
 
 
@@ -103,16 +103,16 @@ def test_pathology_bad_zip_is_a_clear_error(live_app: tuple[str, object], indexe
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index
 
     _, client = live_app
-    before = pathology.image_collection("plip").count()
+    before = image_index.image_collection("plip").count()
     z = tmp_path / "evil.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("../../evil.png", indexed[0].read_bytes())
     with pytest.raises(AppError, match="unsafe path"):
         client.predict(handle_file(str(z)), api_name="/pathology_index")
-    assert pathology.image_collection("plip").count() == before
+    assert image_index.image_collection("plip").count() == before
 
 
 def test_assistant_ask_answers_with_citations_and_declines_off_topic(assistant_client: object) -> None:

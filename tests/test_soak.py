@@ -67,11 +67,11 @@ def _check(api: str, result: Any) -> None:
 def test_classroom_soak(live_app: tuple[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gradio_client import Client
 
-    from medlab.retrieval import pathology
+    from medlab.retrieval import image_index
 
     url, client = live_app
-    if pathology.image_collection("plip").count() == 0:
-        pathology.index_examples("plip")
+    if image_index.image_collection("plip").count() == 0:
+        image_index.index_examples("plip")
     # knowledge ingest is a one-off start-up cost, not part of the soak
     client.predict("What does the ABCDE rule stand for?", api_name="/assistant_ask")
     from medlab.core.loaders import reset_cache

@@ -5,7 +5,7 @@ CC-BY-4.0) as parquet on the Hugging Face Hub (`1aurent/NCT-CRC-HE`). The script
 parquet shards of one split with huggingface_hub (no `datasets` needed; reading parquet needs
 `pyarrow`), draws a stratified sample of N tiles per tissue class, writes them as PNG under
 <out>/<CLASS>/ with a captions.csv (file,label,caption) and an ATTRIBUTION.txt, and indexes
-them for the chosen models through the app's own engine (medlab.retrieval.pathology.index_folder).
+them for the chosen models through the app's own engine (medlab.retrieval.image_index.index_folder).
 The written folder is also a valid input for `python -m training.plip_linear_probe --data`.
 
 Or index a local folder of images you already have (`--folder`), e.g. a Zenodo download.
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from medlab.core.config import load_settings
     from medlab.core.errors import MedlabError
-    from medlab.retrieval.pathology import MODELS, index_folder
+    from medlab.retrieval.encoders import MODELS
+    from medlab.retrieval.image_index import index_folder
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]

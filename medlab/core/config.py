@@ -47,6 +47,9 @@ class Settings:
     captioner_endpoint_model: str | None = None
     zero_gpu: bool = False
     gpu_memory_budget_gb: float | None = None  # None: derived from the device (see gpu_memory_budget_bytes)
+    # Default pathology index: Hub dataset id, local folder / .zip / .parquet, or "off".
+    pathology_source: str = "1aurent/NCT-CRC-HE:data/CRC_VAL_HE_7K-*.parquet"
+    pathology_max_tiles: int = 2000
 
     @property
     def max_upload_bytes(self) -> int:
@@ -159,7 +162,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         captioner_endpoint_model=env.get("MEDLAB_CAPTIONER_ENDPOINT_MODEL", "").strip() or None,
         zero_gpu=_bool(env, "SPACES_ZERO_GPU", False),
         gpu_memory_budget_gb=_positive_float(env, "MEDLAB_GPU_MEMORY_BUDGET_GB", None),
+        pathology_source=env.get("MEDLAB_PATHOLOGY_SOURCE", "").strip() or Settings.pathology_source,
+        pathology_max_tiles=_positive_int(env, "MEDLAB_PATHOLOGY_MAX_TILES", Settings.pathology_max_tiles),
     )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(name, raw, "a whole number >= 1")
+    return int(raw)
 
 
 # Fraction of a GPU's free memory at start that models may take; the rest is left for
