@@ -224,3 +224,30 @@ def test_optional_generator_is_shown_only_when_grounded(kb: Path, use_tiny_model
     assert assistant.ask("What does the E in the ABCDE rule stand for?").generated is None
     declined = assistant.ask("Where can I get the best pizza in Naples?")
     assert not declined.covered and declined.generator is None and len(calls) == 1
+
+
+def test_identical_documents_both_stay_and_a_second_ingest_embeds_nothing(kb: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two files with the same bytes are two documents: both keep their chunks, and ingesting
+    again embeds nothing. Embedding is counted at the model itself (its encode method)."""
+    from medlab.core.loaders import get_model
+
+    shutil.copy(kb / "02-abcde-rule.md", kb / "02-abcde-rule-copy.md")
+    model = get_model("embedder").model
+    encoded: list[int] = []
+    real_encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda texts, **kw: encoded.append(len(texts)) or real_encode(texts, **kw))
+
+    first = store.ingest()
+    assert len(first.added) == 4 and sum(encoded) == first.chunks_embedded > 0
+    col = store.collection()
+    per_doc = {}
+    for meta in col.get(include=["metadatas"])["metadatas"]:
+        per_doc.setdefault(meta["doc"], set()).add(meta["chunk"])
+    original, copy = per_doc["knowledge/02-abcde-rule.md"], per_doc["knowledge/02-abcde-rule-copy.md"]
+    assert original and original == copy  # the copy has every chunk too, under its own ids
+    assert col.count() == sum(len(chunks) for chunks in per_doc.values())
+
+    encoded.clear()
+    second = store.ingest()
+    assert encoded == [] and second.chunks_embedded == 0 and len(second.unchanged) == 4

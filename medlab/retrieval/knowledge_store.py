@@ -108,8 +108,14 @@ def _indexed(col: Any) -> dict[str, dict[str, Any]]:
 
 
 def chunk_ids(doc: str, doc_hash: str, n_chunks: int) -> list[str]:
-    """Chunk ids: derived from the file hash, so a re-run after a crash overwrites its rows."""
-    return [f"{doc_hash[:24]}-{n}" for n in range(n_chunks)]
+    """One id per (document, version, chunk). The document's name is part of it, so two
+    documents with the same bytes keep a row each (with content alone they overwrote each
+    other and one was re-embedded at every ingest); the file hash is part of it, so a re-run
+    after a crash overwrites its own rows and a new version never collides with the old."""
+    import hashlib
+
+    doc_part = hashlib.sha256(doc.encode("utf-8")).hexdigest()[:16]
+    return [f"{doc_part}-{doc_hash[:24]}-{n}" for n in range(n_chunks)]
 
 
 def ingest(
