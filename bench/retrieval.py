@@ -9,7 +9,7 @@ Document 000 (LangChain + FAISS) answers a question like this, every time:
     ... retrieval_chain.invoke({"input": query})               # embed the query again, search
 The baseline does exactly these steps with the app's embedder (all-MiniLM-L6-v2, real
 weights) and exact flat search in numpy (what FAISS IndexFlatL2 computes); the splitter is a
-no-op here because every chunk is shorter than 4000 characters. The app: medlab.retrieval.knowledge
+no-op here because every chunk is shorter than 4000 characters. The app: medlab.retrieval.knowledge_store
 .retrieve(question, k=4) on its persistent chroma collection (the same stored vectors).
 
 The corpus is synthetic but varied: 100 Markdown documents x 100 sections, each section one
@@ -100,7 +100,7 @@ def make_corpus(folder: Path, docs: int, sections: int, seed: int = 0) -> list[d
 
 def prepare(root: Path, docs: int, sections: int) -> dict[str, Any]:
     """Corpus on disk + the app's collection in line with it (incremental ingest)."""
-    from medlab.retrieval import knowledge
+    from medlab.retrieval import knowledge_store
 
     corpus = root / "corpus"
     os.environ["MEDLAB_DATA_DIR"] = str(root / "data")
@@ -114,8 +114,8 @@ def prepare(root: Path, docs: int, sections: int) -> dict[str, Any]:
         shutil.rmtree(corpus, ignore_errors=True)
         records = make_corpus(corpus, docs, sections)
         meta_path.write_text(json.dumps({"shape": wanted, "records": records}))
-    seconds, report = timed(lambda: knowledge.ingest(knowledge_dir=corpus))
-    knowledge._READY.add(knowledge._ready_key())  # ask() must not re-ingest the default corpus
+    seconds, report = timed(lambda: knowledge_store.ingest(knowledge_dir=corpus))
+    knowledge_store.mark_ready()  # ask() must not re-ingest the default corpus
     stamp_path = root / "ingest-stamp.json"
     stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
     if report.chunks_embedded:
@@ -124,16 +124,16 @@ def prepare(root: Path, docs: int, sections: int) -> dict[str, Any]:
         stamp_path.write_text(json.dumps(stamp))
     return {"records": records, "ingest_seconds_this_run": round(seconds, 2),
             "chunks_embedded_this_run": report.chunks_embedded, "first_ingest": stamp,
-            "count": knowledge.collection().count()}
+            "count": knowledge_store.collection().count()}
 
 
 class Doc000Baseline:
     """Document 000's per-question pipeline (see the module docstring)."""
 
     def __init__(self, n_docs_retrieve: int = 10, retriever_k: int = 4) -> None:
-        from medlab.retrieval import knowledge
+        from medlab.retrieval import knowledge_store
 
-        col = knowledge.collection()
+        col = knowledge_store.collection()
         got = col.get(include=["embeddings", "metadatas", "documents"])
         self.ids = got["ids"]
         self.metas = got["metadatas"]
@@ -143,7 +143,7 @@ class Doc000Baseline:
         self.index = np.asarray(got["embeddings"], dtype=np.float32)  # the global FAISS index
         self.n_docs = n_docs_retrieve
         self.k = retriever_k
-        self.embed = knowledge.embed
+        self.embed = knowledge_store.embed
 
     @staticmethod
     def _flat_l2(index: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -167,7 +167,7 @@ class Doc000Baseline:
 
 
 def run(quick: bool = False) -> SectionResult:
-    from medlab.retrieval import knowledge
+    from medlab.retrieval import assistant, knowledge_store
 
     res = SectionResult(5, "Assistant retrieval: app vs document 000's re-embed-per-question approach")
     started = time.perf_counter()
@@ -179,21 +179,21 @@ def run(quick: bool = False) -> SectionResult:
     rng = random.Random(11)
     asked = rng.sample(records, n_questions)
     baseline = Doc000Baseline()
-    knowledge.retrieve("warm up the embedder", k=4)
+    knowledge_store.retrieve("warm up the embedder", k=4)
 
     def app_fn(question: str) -> Any:
-        return knowledge.retrieve(question, k=4)
+        return knowledge_store.retrieve(question, k=4)
 
     runs: dict[str, list[float]] = {"app_retrieve": [], "doc000_baseline": [], "app_ask_full": []}
     agree = app_right = base_right = app_exact = base_exact = 0
     disagreements = []
     baseline(asked[0]["question"])
-    knowledge.ask(asked[0]["question"])
+    assistant.ask(asked[0]["question"])
     for rec in asked:
         question = rec["question"]
         t_app, app_hits = timed(lambda: app_fn(question))
         t_base, base_hits = timed(lambda: baseline(question))
-        t_ask, _ = timed(lambda: knowledge.ask(question))
+        t_ask, _ = timed(lambda: assistant.ask(question))
         runs["app_retrieve"].append(t_app)
         runs["doc000_baseline"].append(t_base)
         runs["app_ask_full"].append(t_ask)
@@ -221,11 +221,11 @@ def run(quick: bool = False) -> SectionResult:
     res.tables.append({
         "title": f"Latency per question over {prep['count']:,} chunks, {n_questions} questions (ms)",
         "columns": ["pipeline", "median", "p95", "top-1 = planted section"],
-        "rows": [["app: knowledge.retrieve(k=4) (embed question + chroma query)", stats["app_retrieve"]["median_ms"],
+        "rows": [["app: knowledge_store.retrieve(k=4) (embed question + chroma query)", stats["app_retrieve"]["median_ms"],
                   stats["app_retrieve"]["p95_ms"], f"{app_right}/{n_questions}"],
                  ["document 000: search k=10, re-embed 10 docs, new index, embed question again, k=4",
                   stats["doc000_baseline"]["median_ms"], stats["doc000_baseline"]["p95_ms"], f"{base_right}/{n_questions}"],
-                 ["app: knowledge.ask (retrieve + extractive answer)", stats["app_ask_full"]["median_ms"],
+                 ["app: assistant.ask (retrieve + extractive answer)", stats["app_ask_full"]["median_ms"],
                   stats["app_ask_full"]["p95_ms"], "-"]],
     })
     equal = agree == n_questions
@@ -238,12 +238,12 @@ def run(quick: bool = False) -> SectionResult:
         "ef_search 400 for knowledge collections), the baseline searches exactly; any disagreement is listed in results.json.")
     first = prep["first_ingest"]
     if first and prep["chunks_embedded_this_run"] == 0:
-        res.notes.append(f"Corpus ingest through medlab.retrieval.knowledge.ingest: {first.get('chunks_embedded')} chunks in "
+        res.notes.append(f"Corpus ingest through medlab.retrieval.knowledge_store.ingest: {first.get('chunks_embedded')} chunks in "
                          f"{first.get('seconds')} s ({first.get('chunks_per_s')} chunks/s, {first.get('when')}); "
                          f"this run's re-ingest of the unchanged corpus took {prep['ingest_seconds_this_run']} s and "
                          f"embedded {prep['chunks_embedded_this_run']} chunks.")
     ask_ratio = stats["app_ask_full"]["median_ms"] / stats["app_retrieve"]["median_ms"]
-    res.notes.append(f"knowledge.ask costs {ask_ratio:.1f}x knowledge.retrieve: the extractive answer embeds the "
+    res.notes.append(f"assistant.ask costs {ask_ratio:.1f}x knowledge_store.retrieve: the extractive answer embeds the "
                      "sentences of the top passages (memoised across questions, so repeated passages are free; "
                      "these 24 questions mostly hit different passages) and reuses the question's vector.")
     res.seconds = time.perf_counter() - started

@@ -1,5 +1,6 @@
 """The grounded melanoma assistant, rendered inside the skin tab (its build() is called in
-the skin tab's right column). UI only; the engine is medlab.retrieval.knowledge.
+the skin tab's right column). UI only; the engine is medlab.retrieval.assistant
+(answers), .knowledge_store (documents listing) and .uploads (PDF upload).
 
 Answers come only from the knowledge base (knowledge/ + uploaded PDFs), with citations; a
 question the documents do not cover is declined. The knowledge base is ingested at the
@@ -41,7 +42,7 @@ def _passages_markdown(answer: Any) -> str:
 @ui_errors
 def assistant_ask(question: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict[str, Any]]:
     """Grounded answer from the melanoma knowledge base, with citations (document, page/section)."""
-    from medlab.retrieval.knowledge import ask
+    from medlab.retrieval.assistant import ask
 
     answer = ask(question, progress=progress_callback(progress))
     return answer.markdown(), _passages_markdown(answer), answer.to_dict()
@@ -51,7 +52,7 @@ def assistant_ask(question: str, progress: gr.Progress = gr.Progress()) -> tuple
 def assistant_add_document(file: str | None, progress: gr.Progress = gr.Progress()) -> str:
     """Add a PDF to the knowledge base (kept under the data dir; survives restarts)."""
     from medlab.core.errors import InputError
-    from medlab.retrieval.knowledge import add_document
+    from medlab.retrieval.uploads import add_document
 
     if not file:
         raise InputError("Choose a PDF to upload first.")
@@ -63,7 +64,7 @@ def assistant_add_document(file: str | None, progress: gr.Progress = gr.Progress
 
 def _documents_markdown() -> str:
     try:
-        from medlab.retrieval.knowledge import knowledge_summary
+        from medlab.retrieval.knowledge_store import knowledge_summary
 
         docs = knowledge_summary()["documents"]
     except Exception as exc:  # noqa: BLE001 - a status line must never break the page

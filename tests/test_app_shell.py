@@ -75,7 +75,7 @@ def test_doctor_reports_every_key_with_fix() -> None:
                           capture_output=True, text=True, timeout=120, env=_default_env())
     rows = {r["key"]: r for r in json.loads(proc.stdout)}
     assert set(rows) == {"skin", "lung_ct", "captioner", "captioner_adapter", "impression", "plip",
-                         "clip_baseline", "embedder"}
+                         "clip_baseline", "embedder", "reranker", "embedder_multilingual", "assistant_generator"}
     assert rows["embedder"]["status"] == "ready"
     assert rows["skin"]["status"] == "unavailable" and "medlab download skin" in rows["skin"]["fix"]
     assert "GPU" in rows["captioner"]["reason"]

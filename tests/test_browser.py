@@ -8,7 +8,6 @@ dependencies of the suite (scripts/test.sh installs chromium or fails): missing 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,12 +23,10 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
-    if not (Path(CHROMIUM).is_file() or shutil.which("chromium")):
-        pytest.fail("Debian chromium is not installed (apt-get install chromium; scripts/test.sh does it)")
     from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
-                              args=ARGS)
+        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
         try:
             yield b
         finally:

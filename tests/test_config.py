@@ -87,7 +87,8 @@ def test_unknown_model_key_lists_valid_ones() -> None:
 
 def test_registry_has_the_design_keys_and_specs_are_frozen() -> None:
     assert set(model_keys()) == {
-        "skin", "lung_ct", "captioner", "captioner_adapter", "impression", "plip", "clip_baseline", "embedder"
+        "skin", "lung_ct", "captioner", "captioner_adapter", "impression", "plip", "clip_baseline", "embedder",
+        "reranker", "embedder_multilingual", "assistant_generator",
     }
     spec = get_spec("skin")
     with pytest.raises(AttributeError):

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from medlab.retrieval import knowledge
 from medlab.core.config import PROJECT_ROOT
+from medlab.core.errors import InputError
+from medlab.retrieval import assistant, documents, uploads
+from medlab.retrieval import knowledge_store as store
 
 PLANTED = (
     "The Okavango mole protocol recommends photographing each changing mole beside a "
@@ -56,12 +58,12 @@ def kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("02-abcde-rule.md", "03-risk-factors.md", "07-prevention-early-detection.md"):
         shutil.copy(PROJECT_ROOT / "knowledge" / name, kdir / name)
     monkeypatch.setenv("MEDLAB_DATA_DIR", str(data))
-    monkeypatch.setattr(knowledge, "KNOWLEDGE_DIR", kdir)
+    monkeypatch.setattr(documents, "KNOWLEDGE_DIR", kdir)
     reset_clients()
-    knowledge.reset_ready()
+    store.reset_ready()
     yield kdir
     reset_clients()
-    knowledge.reset_ready()
+    store.reset_ready()
 
 
 def _restart() -> None:
@@ -71,17 +73,17 @@ def _restart() -> None:
 
     reset_cache()
     reset_clients()
-    knowledge.reset_ready()
+    store.reset_ready()
 
 
 def test_shipped_knowledge_notes_chunk_with_sections_and_cite_sources() -> None:
-    files = knowledge.source_files(PROJECT_ROOT / "knowledge")
+    files = documents.source_files(PROJECT_ROOT / "knowledge")
     notes = [d for d in files if d.startswith("knowledge/")]
     assert 6 <= len(notes) <= 10
     for doc in notes:
         text = files[doc].read_text()
         assert "## Sources" in text or "about-the-app" in doc, doc
-        chunks = knowledge.chunk_document(doc, files[doc])
+        chunks = documents.chunk_document(doc, files[doc])
         assert chunks and all(c.section for c in chunks)
         assert not any(c.section.lower() == "sources" for c in chunks)  # citations list is not content
 
@@ -89,11 +91,11 @@ def test_shipped_knowledge_notes_chunk_with_sections_and_cite_sources() -> None:
 def test_planted_pdf_fact_comes_first_with_its_page_and_offtopic_is_declined(kb: Path, tmp_path: Path) -> None:
     pages = [FILLER[0], FILLER[1], FILLER[2] + " " + PLANTED, FILLER[3], FILLER[4]]
     pdf = make_pdf(tmp_path / "teaching notes.pdf", pages)
-    doc, report = knowledge.add_document(pdf)
+    doc, report = uploads.add_document(pdf)
     assert doc == "uploads/teaching_notes.pdf"
     assert report.added == [doc] and report.chunks_embedded == 5  # one chunk per page
 
-    answer = knowledge.ask("What does the Okavango mole protocol recommend?")
+    answer = assistant.ask("What does the Okavango mole protocol recommend?")
     assert answer.covered
     top = answer.passages[0]
     assert (top.doc, top.page) == (doc, 3)
@@ -101,58 +103,58 @@ def test_planted_pdf_fact_comes_first_with_its_page_and_offtopic_is_declined(kb:
     assert "green calibration card" in answer.answer and "[1]" in answer.answer
     assert answer.to_dict()["citations"][0]["page"] == 3
 
-    on_topic = knowledge.ask("What does the E in the ABCDE rule stand for?")
+    on_topic = assistant.ask("What does the E in the ABCDE rule stand for?")
     assert on_topic.covered and on_topic.passages[0].doc == "knowledge/02-abcde-rule.md"
     assert "Evolving" in on_topic.answer
 
-    pizza = knowledge.ask("Where can I get the best pizza in Naples?")
+    pizza = assistant.ask("Where can I get the best pizza in Naples?")
     assert not pizza.covered and pizza.passages == []
-    assert pizza.best_score < knowledge.SIMILARITY_FLOOR
+    assert pizza.best_score < assistant.SIMILARITY_FLOOR
     assert "does not cover" in pizza.answer
 
 
 def test_ingest_is_incremental_by_content_hash(kb: Path) -> None:
-    first = knowledge.ingest()
+    first = store.ingest()
     assert sorted(first.added) == sorted(f"knowledge/{p.name}" for p in kb.glob("*.md"))
     assert first.chunks_embedded > 0
 
-    again = knowledge.ingest()
+    again = store.ingest()
     assert again.chunks_embedded == 0 and again.added == again.updated == again.removed == []
     assert len(again.unchanged) == 3
 
-    col = knowledge.collection()
+    col = store.collection()
     doc = "knowledge/03-risk-factors.md"
     old_ids = set(col.get(where={"doc": doc}, include=[])["ids"])
     path = kb / "03-risk-factors.md"
     path.write_text(path.read_text().replace(
         "## Moles", "## Occupation\nAirline pilots and cabin crew have a higher melanoma incidence "
         "than the general population in several cohort studies.\n\n## Moles"))
-    edited = knowledge.ingest()
+    edited = store.ingest()
     assert edited.updated == [doc] and edited.added == [] and len(edited.unchanged) == 2
     assert edited.chunks_deleted == len(old_ids)
     new = col.get(where={"doc": doc}, include=["metadatas", "documents"])
     assert not old_ids & set(new["ids"])  # old chunks are gone
     assert {m["doc_hash"] for m in new["metadatas"]} == {hashlib.sha256(path.read_bytes()).hexdigest()}
     assert any("Airline pilots" in d for d in new["documents"])
-    hit = knowledge.retrieve("Do airline pilots have more melanoma?", k=1)[0]
+    hit = store.retrieve("Do airline pilots have more melanoma?", k=1)[0]
     assert hit.doc == doc and "Airline pilots" in hit.text
 
     (kb / "07-prevention-early-detection.md").unlink()
-    removed = knowledge.ingest()
+    removed = store.ingest()
     assert removed.removed == ["knowledge/07-prevention-early-detection.md"] and removed.chunks_embedded == 0
     assert col.get(where={"doc": "knowledge/07-prevention-early-detection.md"}, include=[])["ids"] == []
 
 
 def test_uploaded_pdf_survives_a_restart(kb: Path, tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "upload.pdf", [FILLER[0], PLANTED])
-    doc, _ = knowledge.add_document(pdf)
-    assert (knowledge.uploads_dir() / "upload.pdf").is_file()
+    doc, _ = uploads.add_document(pdf)
+    assert (documents.uploads_dir() / "upload.pdf").is_file()
 
     _restart()  # new chroma client, new collection object, new model instance
-    answer = knowledge.ask("What does the Okavango mole protocol recommend?")
+    answer = assistant.ask("What does the Okavango mole protocol recommend?")
     assert answer.covered and (answer.passages[0].doc, answer.passages[0].page) == (doc, 2)
     # The restart's lazy ingest found everything already embedded.
-    assert knowledge.ingest().chunks_embedded == 0
+    assert store.ingest().chunks_embedded == 0
 
 
 def _bad_upload(kind: str, tmp_path: Path) -> tuple[Path, str]:
@@ -168,15 +170,15 @@ def _bad_upload(kind: str, tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_bad_uploads_are_rejected_and_change_nothing(kb: Path, tmp_path: Path) -> None:
-    knowledge.ingest()
-    col = knowledge.collection()
+    store.ingest()
+    col = store.collection()
     before = sorted(col.get(include=[])["ids"])
     for kind in ("not_pdf", "encrypted", "no_text", "wrong_suffix"):
         bad, expect = _bad_upload(kind, tmp_path)
-        with pytest.raises(knowledge.InputError, match=expect):
-            knowledge.add_document(bad)
+        with pytest.raises(InputError, match=expect):
+            uploads.add_document(bad)
         assert sorted(col.get(include=[])["ids"]) == before, kind
-        assert not knowledge.uploads_dir().exists() or list(knowledge.uploads_dir().iterdir()) == [], kind
+        assert not documents.uploads_dir().exists() or list(documents.uploads_dir().iterdir()) == [], kind
 
 
 def test_chroma_host_switches_to_a_server_client(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,21 +201,53 @@ def test_optional_generator_is_shown_only_when_grounded(kb: Path, use_tiny_model
     """MEDLAB_ASSISTANT_GENERATOR=impression runs the (tiny, random) seq2seq model on the passages;
     its output is withheld unless its words come from the cited passages; off-topic questions
     never reach the generator."""
-    monkeypatch.setenv(knowledge.GENERATOR_ENV, "impression")
-    monkeypatch.setattr(knowledge, "GENERATE_MAX_NEW_TOKENS", 12)  # random weights never stop early
-    answer = knowledge.ask("What does the E in the ABCDE rule stand for?")
+    monkeypatch.setenv(assistant.GENERATOR_ENV, "impression")
+    monkeypatch.setattr(assistant, "GENERATE_MAX_NEW_TOKENS", 12)  # random weights never stop early
+    answer = assistant.ask("What does the E in the ABCDE rule stand for?")
     assert answer.covered and answer.generator == "impression" and "Evolving" in answer.answer
-    if answer.generated is None:  # random weights write words that are not in the passages
-        assert "withheld" in answer.generator_note
-    else:
-        assert knowledge.grounding(answer.generated, answer.passages) >= knowledge.GROUNDING_MIN
+    # Random weights write radiology words (the tiny tokenizer's vocabulary) that the ABCDE
+    # passages mostly lack: the answer is withheld, and the support it reports is the share of
+    # its 4+-letter words found in the cited passages, counted here by hand.
+    assert answer.generated is None and answer.withheld
+    source = " ".join(p.text for p in answer.passages).lower()
+    words = [w for w in answer.withheld.lower().split() if len(w) >= 4 and w.isalpha()]
+    support = sum(w in source for w in words) / len(words)
+    assert support < assistant.GROUNDING_MIN
+    assert f"only {support:.0%} of its words" in answer.generator_note
 
     calls: list[str] = []
-    monkeypatch.setattr(knowledge, "generate", lambda key, q, ps, progress=None: calls.append(q) or
+    monkeypatch.setattr(assistant, "generate", lambda key, q, ps, progress=None: calls.append(q) or
                         "E is for Evolving: the mole is changing in size, shape or colour.")
-    grounded = knowledge.ask("What does the E in the ABCDE rule stand for?")
+    grounded = assistant.ask("What does the E in the ABCDE rule stand for?")
     assert grounded.generated and "**Generated answer** (impression" in grounded.markdown()
-    monkeypatch.setattr(knowledge, "generate", lambda key, q, ps, progress=None: "Pizza margherita was invented in 1889.")
-    assert knowledge.ask("What does the E in the ABCDE rule stand for?").generated is None
-    declined = knowledge.ask("Where can I get the best pizza in Naples?")
+    monkeypatch.setattr(assistant, "generate", lambda key, q, ps, progress=None: "Pizza margherita was invented in 1889.")
+    assert assistant.ask("What does the E in the ABCDE rule stand for?").generated is None
+    declined = assistant.ask("Where can I get the best pizza in Naples?")
     assert not declined.covered and declined.generator is None and len(calls) == 1
+
+
+def test_identical_documents_both_stay_and_a_second_ingest_embeds_nothing(kb: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two files with the same bytes are two documents: both keep their chunks, and ingesting
+    again embeds nothing. Embedding is counted at the model itself (its encode method)."""
+    from medlab.core.loaders import get_model
+
+    shutil.copy(kb / "02-abcde-rule.md", kb / "02-abcde-rule-copy.md")
+    model = get_model("embedder").model
+    encoded: list[int] = []
+    real_encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda texts, **kw: encoded.append(len(texts)) or real_encode(texts, **kw))
+
+    first = store.ingest()
+    assert len(first.added) == 4 and sum(encoded) == first.chunks_embedded > 0
+    col = store.collection()
+    per_doc = {}
+    for meta in col.get(include=["metadatas"])["metadatas"]:
+        per_doc.setdefault(meta["doc"], set()).add(meta["chunk"])
+    original, copy = per_doc["knowledge/02-abcde-rule.md"], per_doc["knowledge/02-abcde-rule-copy.md"]
+    assert original and original == copy  # the copy has every chunk too, under its own ids
+    assert col.count() == sum(len(chunks) for chunks in per_doc.values())
+
+    encoded.clear()
+    second = store.ingest()
+    assert encoded == [] and second.chunks_embedded == 0 and len(second.unchanged) == 4

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from medlab.retrieval import knowledge
+from medlab.retrieval import documents
+from medlab.retrieval import knowledge_store as kstore
 
 ROOT = Path(__file__).resolve().parent.parent
 N_DOCS = 24
@@ -81,12 +82,12 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     data, kdir = tmp_path / "data", tmp_path / "knowledge"
     kdir.mkdir()
     monkeypatch.setenv("MEDLAB_DATA_DIR", str(data))
-    monkeypatch.setattr(knowledge, "KNOWLEDGE_DIR", kdir)
+    monkeypatch.setattr(documents, "KNOWLEDGE_DIR", kdir)
     reset_clients()
-    knowledge.reset_ready()
+    kstore.reset_ready()
     yield data, kdir
     reset_clients()
-    knowledge.reset_ready()
+    kstore.reset_ready()
 
 
 def _restart() -> None:
@@ -95,7 +96,7 @@ def _restart() -> None:
     from medlab.retrieval.vectorstore import reset_clients
 
     reset_clients()
-    knowledge.reset_ready()
+    kstore.reset_ready()
 
 
 def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store: tuple[Path, Path]) -> None:
@@ -104,9 +105,9 @@ def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store:
     first = [kdir / f"{i:02d}-note.md" for i in range(6)]
     for i, p in enumerate(first):
         p.write_text(_doc_text(i))
-    report = knowledge.ingest()
+    report = kstore.ingest()
     assert sorted(report.added) == sorted(_doc(p) for p in first)
-    before = _state(knowledge.collection())
+    before = _state(kstore.collection())
     before_docs = {doc for doc, _ in before["per"]}
     # 2. 18 more, and a new version of note 05 (its old version must survive the crash)
     for i in range(6, N_DOCS):
@@ -117,9 +118,9 @@ def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from medlab import knowledge\n"
-        "knowledge.KNOWLEDGE_DIR = Path(sys.argv[1])\n"
-        "knowledge.ingest(progress=lambda f, m: print(m, flush=True))\n"
+        "from medlab.retrieval import documents, knowledge_store\n"
+        "documents.KNOWLEDGE_DIR = Path(sys.argv[1])\n"
+        "knowledge_store.ingest(progress=lambda f, m: print(m, flush=True))\n"
         "print('FINISHED', flush=True)\n"
     )
     env = dict(os.environ, MEDLAB_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
@@ -139,7 +140,7 @@ def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store:
 
     # 3. after the crash: whole documents only, nothing previously indexed lost
     _restart()
-    crashed = _state(knowledge.collection())
+    crashed = _state(kstore.collection())
     _assert_whole(crashed)
     crashed_docs = {doc for doc, _ in crashed["per"]}
     assert before_docs <= crashed_docs, f"lost in the crash: {before_docs - crashed_docs}"
@@ -149,12 +150,12 @@ def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store:
     assert 6 <= len(crashed_docs) < N_DOCS
 
     # 4. resume: only what is missing is embedded; the store matches the folder exactly
-    report = knowledge.ingest()
+    report = kstore.ingest()
     assert not report.failed
     assert len(report.unchanged) + len(report.added) + len(report.updated) == N_DOCS
     complete_before = {doc for (doc, h) in crashed["per"] if h == _sha(_file(kdir, doc))}
     assert set(report.unchanged) == complete_before, "a whole document was embedded again"
-    final = _state(knowledge.collection())
+    final = _state(kstore.collection())
     _assert_whole(final)
     docs = Counter(doc for doc, _ in final["per"])
     assert set(docs) == {_doc(p) for p in kdir.glob("*.md")}
@@ -163,5 +164,5 @@ def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store:
         assert h == _sha(_file(kdir, doc)), f"{doc}: stale version kept"
     # and a restarted process sees the same, complete store
     _restart()
-    assert knowledge.collection().count() == sum(len(m) for m in final["per"].values())
-    assert knowledge.ingest().unchanged and not knowledge.ingest().chunks_embedded
+    assert kstore.collection().count() == sum(len(m) for m in final["per"].values())
+    assert kstore.ingest().unchanged and not kstore.ingest().chunks_embedded

