@@ -17,14 +17,8 @@ from typing import Any
 import pytest
 
 from medlab.core.errors import InputError, InsufficientMemoryError, ModelUnavailableError, UnsupportedFileError
-from medlab.generation.radiograph import (
-    DEFAULT_INSTRUCTION,
-    CaptionSettings,
-    InstructionError,
-    caption,
-    caption_stream,
-    next_token_logits,
-)
+from medlab.generation.caption_settings import DEFAULT_INSTRUCTION, CaptionSettings, InstructionError
+from medlab.generation.captioner import caption, caption_stream, next_token_logits
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "radiograph"
 PHANTOM = ASSETS / "synthetic_chest_phantom.png"
@@ -59,10 +53,10 @@ def test_adapter_toggle_changes_logits_and_off_equals_base_weights(use_tiny_mode
     base_dir = use_tiny_models["MEDLAB_MODEL_CAPTIONER"]
     processor = AutoProcessor.from_pretrained(base_dir)
     base = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
-    from medlab.generation.radiograph import _preprocess, load_radiograph
+    from medlab.generation.captioner import load_radiograph, prepare_inputs
     from medlab.core.loaders import LoadedModel
 
-    inputs = _preprocess(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
+    inputs = prepare_inputs(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():
         reference = base(**inputs).logits[0, -1].float()
     assert torch.allclose(off, reference, atol=1e-5)
@@ -127,7 +121,7 @@ def test_stream_grows_and_ends_with_what_generate_returns(use_tiny_models: dict[
     import torch
 
     from medlab.core.loaders import get_model
-    from medlab.generation.radiograph import _preprocess, load_radiograph
+    from medlab.generation.captioner import load_radiograph, prepare_inputs
 
     updates = list(caption_stream(PHANTOM, settings=GREEDY))
     assert len(updates) > 1
@@ -136,7 +130,7 @@ def test_stream_grows_and_ends_with_what_generate_returns(use_tiny_models: dict[
     assert list(caption_stream(PHANTOM, settings=GREEDY)) == updates  # greedy is deterministic
 
     loaded = get_model("captioner")
-    inputs = _preprocess(loaded, load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
+    inputs = prepare_inputs(loaded, load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():
         out = loaded.model.generate(**inputs, max_new_tokens=12, do_sample=False)
     expected = loaded.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -38,7 +38,7 @@ def test_lora_recipe_trains_and_the_app_uses_the_adapter(base_mllama: Path, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from medlab.generation import radiograph
+    from medlab.generation import captioner
     from training import finetune_captioner
 
     data = make_caption_data(tmp_path / "data")
@@ -71,8 +71,8 @@ def test_lora_recipe_trains_and_the_app_uses_the_adapter(base_mllama: Path, tmp_
     monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER", str(base_mllama))
     monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER_ADAPTER", str(out))
     image = Image.open(tmp_path / "data" / "xray_0.png").convert("RGB")
-    with_adapter = radiograph.next_token_logits(image, use_adapter=True)
-    without = radiograph.next_token_logits(image, use_adapter=False)
+    with_adapter = captioner.next_token_logits(image, use_adapter=True)
+    without = captioner.next_token_logits(image, use_adapter=False)
     assert not np.allclose(np.asarray(with_adapter), np.asarray(without))
 
 
