@@ -1,5 +1,6 @@
-"""Radiograph captioning tab (document 003): Llama-3.2-Vision + radiology LoRA, streamed,
-with a base-vs-fine-tuned comparison. UI only; the engine is medlab.generation.captioner."""
+"""Radiograph captioning tab (document 003): an image-text-to-text model (Llama-3.2-Vision +
+radiology LoRA on a GPU, a small general model on a CPU), streamed, with a base-vs-fine-tuned
+comparison when an adapter is attached. UI only; the engine is medlab.generation.captioner."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "radiograph"
 INTRO = """
 ### Describe a radiograph with a fine-tuned vision-language model
 Document 003 fine-tunes **Llama-3.2-11B-Vision-Instruct** with a small LoRA adapter (r=16) on
-~2,000 ROCO radiology images and their captions. Upload an image, keep or edit the
-instruction, and watch the description being written. Untick *Use the radiology adapter*
-(or press **Compare**) to run the **same weights without the adapter** and see what
-fine-tuning changed.
+~2,000 ROCO radiology images and their captions: that is the default on a GPU. Upload an
+image, keep or edit the instruction, and watch the description being written. With an adapter
+attached, untick *Use the radiology adapter* (or press **Compare**) to run the **same weights
+without the adapter** and see what fine-tuning changed. The line below says which model
+answers here.
 
 *Why the temperature default is low:* the document samples with temperature **{doc}** (min_p 0.1),
 which is very creative: fluent text that may mention findings that are not in the image.
@@ -52,9 +54,21 @@ def _backend_markdown() -> str:
         return (f"**Backend:** remote OpenAI-compatible server `{info['endpoint']}` "
                 f"(model `{info['served_model']}`). It serves one merged model, so the adapter toggle is not available.")
     adapter = info["adapter"]
-    text = (f" + LoRA adapter `{adapter['source']}`"
-            + (f" (r={adapter['r']}, alpha={adapter['lora_alpha']})" if adapter.get("r") else "")) if adapter else " (no adapter)"
-    return f"**Backend:** local weights `{info['base']}`{text}. Loads on first use."
+    if adapter.get("error"):
+        text = f" + LoRA adapter that cannot be used: {adapter['error']}"
+    elif adapter:
+        text = (f" + LoRA adapter `{adapter['source']}`"
+                + (f" (r={adapter['r']}, alpha={adapter['lora_alpha']})" if adapter.get("r") else ""))
+    else:
+        text = " (no adapter)"
+    line = f"**Backend:** local weights `{info['base']}`{text}. Loads on first use."
+    if info["is_default"] and not info["radiology_trained"]:
+        line += (f"\n\n⚠️ **{info['title']}**: a general image model that has never been trained on "
+                 f"radiographs; it runs here because this machine has no GPU. Expect generic text that misses "
+                 f"or invents findings. The GPU default is **{info['gpu_default']}**; `google/medgemma-4b-it` "
+                 "is the radiology-trained option (gated: accept its licence, set HF_TOKEN and "
+                 "MEDLAB_MODEL_CAPTIONER). See the model card below.")
+    return line
 
 
 @ui_errors
@@ -99,11 +113,14 @@ def compare_adapter(
 
 def build() -> None:
     from medlab.generation.captioner import captioner_backend
+    from medlab.generation.captioner_adapter import uses_adapter
 
     disclaimer()
     # With a remote server the local weights do not matter: no "cannot run here" banner.
-    if captioner_backend() == "local":
-        availability_banner(CAPTIONER_KEY, ADAPTER_KEY)
+    local = captioner_backend() == "local"
+    with_adapter = local and uses_adapter()
+    if local:
+        availability_banner(CAPTIONER_KEY, *([ADAPTER_KEY] if with_adapter else []))
     gr.Markdown(INTRO)
     backend = gr.Markdown("")
     on_page_load(backend, _backend_markdown, "")
@@ -150,5 +167,6 @@ def build() -> None:
         concurrency_limit=1, concurrency_id="gpu",
     )
     stop.click(None, None, None, cancels=[caption_event, compare_event], api_visibility="private")
-    model_card(CAPTIONER_KEY, "Model card: base model")
-    model_card(ADAPTER_KEY, "Model card: radiology LoRA adapter")
+    model_card(CAPTIONER_KEY, "Model card: captioner")
+    if with_adapter:
+        model_card(ADAPTER_KEY, "Model card: LoRA adapter")

@@ -183,18 +183,18 @@ def test_bad_inputs_fail_before_any_model_load(use_tiny_models: dict[str, str], 
     assert get_cache().stats()["loads"] == 0
 
 
-# -- the 11B default on a CPU machine --------------------------------------------------------
-def test_default_11b_is_refused_in_under_a_second_with_the_memory_reason(
+# -- the defaults on a machine without the weights ------------------------------------------
+def test_gpu_default_without_cuda_is_refused_in_under_a_second_with_the_memory_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from medlab.core.config import cuda_expected
+    """The registry chose the GPU profile (the driver lists a GPU) but torch sees no CUDA
+    device: the 11B model is refused at once, naming the GPU and the alternatives."""
+    import medlab.core.registry as registry
     from medlab.core.loaders import get_cache
 
-    monkeypatch.delenv("MEDLAB_MODEL_CAPTIONER", raising=False)
-    monkeypatch.delenv("MEDLAB_CAPTIONER_ENDPOINT", raising=False)
-    monkeypatch.delenv("MEDLAB_ALLOW_CPU_LARGE", raising=False)
-    if cuda_expected():
-        pytest.skip("this machine has a CUDA device: the 11B model is allowed to load")
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_CAPTIONER_ENDPOINT", "MEDLAB_ALLOW_CPU_LARGE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(registry, "cuda_expected", lambda settings=None: True)
     started = time.perf_counter()
     with pytest.raises(InsufficientMemoryError) as info:
         next(caption_stream(PHANTOM))
@@ -203,6 +203,17 @@ def test_default_11b_is_refused_in_under_a_second_with_the_memory_reason(
     assert "GB" in info.value.reason and "GPU" in info.value.reason
     assert "MEDLAB_MODEL_CAPTIONER" in info.value.fix and "MEDLAB_CAPTIONER_ENDPOINT" in info.value.fix
     assert get_cache().stats()["loads"] == 0
+
+
+def test_cpu_default_offline_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_MODEL_CAPTIONER_ADAPTER", "MEDLAB_CAPTIONER_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as info:
+        next(caption_stream(PHANTOM))
+    assert time.perf_counter() - started < 10.0
+    assert "HuggingFaceTB/SmolVLM-500M-Instruct" in info.value.reason
+    assert "python -m medlab download captioner" in info.value.fix
 
 
 # -- remote backend against a stub server ---------------------------------------------------

@@ -51,13 +51,10 @@ def prepare_inputs(loaded: Any, image: Any, instruction: str) -> dict[str, Any]:
         chat_messages(instruction, image), add_generation_prompt=True, tokenize=True, return_dict=True,
         return_tensors="pt",
     )
+    out = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in inputs.items()}
     dtype = getattr(loaded.model, "dtype", None)
-    out: dict[str, Any] = {}
-    for k, v in inputs.items():
-        if hasattr(v, "to"):
-            # pixel values follow the model's dtype (bfloat16 on a GPU); ids stay integers
-            v = v.to(loaded.device, dtype=dtype) if v.is_floating_point() and dtype is not None else v.to(loaded.device)
-        out[k] = v
+    if "pixel_values" in out and dtype is not None and out["pixel_values"].is_floating_point():
+        out["pixel_values"] = out["pixel_values"].to(dtype)  # bfloat16 models want bfloat16 pixels
     return out
 
 
@@ -65,8 +62,9 @@ def _adapter_context(loaded: Any, use_adapter: bool) -> Callable[[], contextlib.
     if use_adapter:
         return None
     if loaded.extras.get("adapter") is None:
-        raise InputError("No LoRA adapter is attached (MEDLAB_MODEL_CAPTIONER_ADAPTER=none): the model "
-                         "already runs as the base model.")
+        raise InputError("No LoRA adapter is attached to this captioner, so it already runs as the base "
+                         "model. To compare, set MEDLAB_MODEL_CAPTIONER_ADAPTER to a PEFT LoRA adapter trained "
+                         "for it (python -m training.finetune_captioner writes one).")
     return loaded.model.disable_adapter
 
 
@@ -163,7 +161,7 @@ def next_token_logits(image: Any, instruction: str | None = None, use_adapter: b
 def captioner_summary() -> dict[str, Any]:
     """What will answer a caption request, for the tab (settings and small files only: no
     torch, no weights): backend, and the endpoint or the base model and adapter."""
-    from medlab.core.registry import get_spec, resolve_source
+    from medlab.core.registry import DEFAULT_BY_DEVICE, KNOWN_CHECKPOINTS, get_spec, resolve_source
     from medlab.generation.captioner_adapter import adapter_info
     from medlab.generation.remote import DEFAULT_SERVED_MODEL
 
@@ -173,5 +171,10 @@ def captioner_summary() -> dict[str, Any]:
         return {"backend": backend, "endpoint": settings.captioner_endpoint,
                 "served_model": settings.captioner_endpoint_model or DEFAULT_SERVED_MODEL}
     spec = get_spec(CAPTIONER_KEY)
-    return {"backend": backend, "base": resolve_source(CAPTIONER_KEY).location, "title": spec.title,
-            "adapter": adapter_info()}
+    gpu_default = DEFAULT_BY_DEVICE[CAPTIONER_KEY]["cuda"]
+    source = resolve_source(CAPTIONER_KEY)
+    return {
+        "backend": backend, "base": source.location, "title": spec.title, "is_default": source.is_default,
+        "radiology_trained": bool(spec.params.get("radiology_trained")), "adapter": adapter_info(),
+        "gpu_default": gpu_default.title, "alternatives": [s.default_source for s in KNOWN_CHECKPOINTS[CAPTIONER_KEY]],
+    }

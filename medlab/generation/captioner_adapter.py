@@ -13,7 +13,8 @@ from typing import Any
 
 from medlab.core.cache import Progress
 from medlab.core.errors import MedlabError, ModelUnavailableError
-from medlab.core.registry import ModelSource, ModelSpec, resolve_source
+from medlab.core.config import model_env_var
+from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,19 @@ ADAPTER_OFF_VALUES = {"none", "off", "no", "0", "false"}
 
 
 def adapter_source() -> ModelSource | None:
-    """Where the LoRA adapter comes from, or None when MEDLAB_MODEL_CAPTIONER_ADAPTER=none
-    (a plain base model, e.g. merged weights, without an adapter)."""
-    raw = os.environ.get("MEDLAB_MODEL_CAPTIONER_ADAPTER", "").strip().lower()
-    if raw in ADAPTER_OFF_VALUES:
+    """Where the LoRA adapter comes from, or None for the base model alone.
+
+    MEDLAB_MODEL_CAPTIONER_ADAPTER names one (a PEFT LoRA dir or Hub repo) or turns it off
+    ('none'). Unset, the registry's default adapter is attached only to the default base model
+    it was trained for (a captioner spec with params["default_adapter"]): switching the base
+    with MEDLAB_MODEL_CAPTIONER alone never pairs it with another model's adapter."""
+    raw = os.environ.get(model_env_var(ADAPTER_KEY), "").strip()
+    if raw.lower() in ADAPTER_OFF_VALUES:
         return None
+    if not raw:
+        spec = get_spec(CAPTIONER_KEY)
+        if not spec.params.get("default_adapter") or not resolve_source(CAPTIONER_KEY).is_default:
+            return None
     return resolve_source(ADAPTER_KEY)
 
 
@@ -85,6 +94,15 @@ def attach_adapter(model: Any, adapter: ModelSource, config: dict[str, Any], pro
         model = PeftModel.from_pretrained(model, adapter.location, **kwargs)
     log.info("attached LoRA adapter %s (r=%s, alpha=%s)", adapter.location, config.get("r"), config.get("lora_alpha"))
     return model
+
+
+def uses_adapter() -> bool:
+    """Whether an adapter is configured for the captioner (True when its setting is broken,
+    so the UI shows why)."""
+    try:
+        return adapter_source() is not None
+    except MedlabError:
+        return True
 
 
 def adapter_info() -> dict[str, Any]:

@@ -71,6 +71,22 @@ class UnslothBackend:
         return model
 
 
+CPU_FLOAT32_MAX_BYTES = 4 * 2**30  # stored weights up to this size are held in float32 on a CPU
+
+
+def cpu_dtype(source: ModelSource) -> Any:
+    """float32 (fastest on a CPU) for small checkpoints, bfloat16 (half the memory) for big
+    ones: the registry's dtype for a known checkpoint, else decided by the size of the files."""
+    import torch
+
+    from medlab.core.loaders import estimate_bytes
+    from medlab.core.registry import get_spec
+
+    if not source.is_local:
+        return getattr(torch, get_spec(CAPTIONER_KEY).dtype)
+    return torch.float32 if estimate_bytes(CAPTIONER_KEY) <= CPU_FLOAT32_MAX_BYTES else torch.bfloat16
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -81,7 +97,7 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from medlab.core.loaders import estimate_bytes, hub_kwargs
+        from medlab.core.loaders import hub_kwargs
 
         kwargs = hub_kwargs(source)
         progress(0.1, "Reading the captioner processor (tokenizer + image preprocessing)")
@@ -100,8 +116,7 @@ class TransformersBackend:
                 )
                 quantized = True
         else:
-            # float32 is fastest on CPU for small checkpoints; halve the memory of big ones.
-            kwargs["dtype"] = torch.bfloat16 if estimate_bytes(CAPTIONER_KEY) > 8 * 2**30 else torch.float32
+            kwargs["dtype"] = cpu_dtype(source)
         progress(0.3, "Reading the captioner weights" + (" (4-bit)" if quantized else ""))
         model = AutoModelForImageTextToText.from_pretrained(source.location, **kwargs)
         if not device.startswith("cuda"):
