@@ -15,14 +15,13 @@ from medlab.generation.impression import (
     DEFAULT_BEAMS,
     DEFAULT_MAX_LENGTH,
     DOC_002_ROUGE,
-    MAX_BATCH_ROWS,
+    KEY,
     MAX_BEAMS,
     PROMPT,
-    ROW_HEADERS,
-    SUMMARY_HEADERS,
     ImpressionSettings,
     ImpressionUpdate,
 )
+from medlab.generation.impression_batch import MAX_BATCH_ROWS, ROW_HEADERS, SUMMARY_HEADERS
 from medlab.generation.metrics import ROUGE_TYPES
 from medlab.core.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
@@ -97,7 +96,7 @@ def impression_batch(
     import pandas as pd
 
     from medlab.core.errors import InputError
-    from medlab.generation.impression import evaluate_batch, rouge_figure
+    from medlab.generation.impression_batch import evaluate_batch, rouge_figure
 
     if not file:
         raise InputError("Please upload a .csv, .jsonl or .json file with a 'findings' column.")
@@ -124,7 +123,7 @@ def _examples() -> list[list[str]]:
 
 def build() -> None:
     disclaimer()
-    availability_banner("impression")
+    availability_banner(KEY)
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=1):
@@ -173,4 +172,4 @@ def build() -> None:
     model_event(evaluate.click, impression_batch, inputs=[batch_file, num_beams, max_length],
                 outputs=[summary, plot, table, download, batch_notes], api_name="impression_batch",
                 lane=Lane.BULK, gpu_duration=GpuDuration(base=30, per="file", seconds_each=1.5, count=lines_in_file))
-    model_card("impression")
+    model_card(KEY)

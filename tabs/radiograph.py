@@ -1,5 +1,6 @@
-"""Radiograph captioning tab (document 003): Llama-3.2-Vision + radiology LoRA, streamed,
-with a base-vs-fine-tuned comparison. UI only; the engine is medlab.generation.radiograph."""
+"""Radiograph captioning tab (document 003): an image-text-to-text model (Llama-3.2-Vision +
+radiology LoRA on a GPU, a small general model on a CPU), streamed, with a base-vs-fine-tuned
+comparison when an adapter is attached. UI only; the engine is medlab.generation.captioner."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from pathlib import Path
 
 import gradio as gr
 
-from medlab.generation.radiograph import (
+from medlab.generation.caption_settings import (
     DEFAULT_INSTRUCTION,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MIN_P,
     DEFAULT_TEMPERATURE,
+    DOC_003_TEMPERATURE,
     MAX_NEW_TOKENS_LIMIT,
     CaptionSettings,
 )
+from medlab.generation.captioner_adapter import ADAPTER_KEY, CAPTIONER_KEY
 from medlab.core.zerogpu import gpu
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 from tabs.common import GpuDuration, model_event
@@ -27,37 +30,46 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "radiograph"
 INTRO = """
 ### Describe a radiograph with a fine-tuned vision-language model
 Document 003 fine-tunes **Llama-3.2-11B-Vision-Instruct** with a small LoRA adapter (r=16) on
-~2,000 ROCO radiology images and their captions. Upload an image, keep or edit the
-instruction, and watch the description being written. Untick *Use the radiology adapter*
-(or press **Compare**) to run the **same weights without the adapter** and see what
-fine-tuning changed.
+~2,000 ROCO radiology images and their captions: that is the default on a GPU. Upload an
+image, keep or edit the instruction, and watch the description being written. With an adapter
+attached, untick *Use the radiology adapter* (or press **Compare**) to run the **same weights
+without the adapter** and see what fine-tuning changed. The line below says which model
+answers here.
 
-*Why the temperature default is low:* the document samples with temperature **1.5** (min_p 0.1),
+*Why the temperature default is low:* the document samples with temperature **{doc}** (min_p 0.1),
 which is very creative: fluent text that may mention findings that are not in the image.
 {default} keeps descriptions closer to the image; 0 is greedy (always the same text).
-""".format(default=f"**{DEFAULT_TEMPERATURE}**")
+""".format(default=f"**{DEFAULT_TEMPERATURE}**", doc=DOC_003_TEMPERATURE)
 
 
 def _backend_markdown() -> str:
     """Which backend will answer (evaluated on page load; reads settings only, no torch)."""
-    from medlab.core.config import load_settings
     from medlab.core.errors import MedlabError
-    from medlab.generation.radiograph import adapter_info
-    from medlab.core.registry import resolve_source
+    from medlab.generation.captioner import captioner_summary
 
     try:
-        settings = load_settings()
-        if settings.captioner_endpoint:
-            model = settings.captioner_endpoint_model or "radiology-captioner"
-            return (f"**Backend:** remote OpenAI-compatible server `{settings.captioner_endpoint}` "
-                    f"(model `{model}`). It serves one merged model, so the adapter toggle is not available.")
-        base = resolve_source("captioner").location
-        info = adapter_info()
+        info = captioner_summary()
     except MedlabError as exc:
         return f"**Backend:** local weights (not configured: {exc})"
-    adapter = (f" + LoRA adapter `{info['source']}`"
-               + (f" (r={info['r']}, alpha={info['lora_alpha']})" if info.get("r") else "")) if info else " (no adapter)"
-    return f"**Backend:** local weights `{base}`{adapter}. Loads on first use."
+    if info["backend"] == "remote":
+        return (f"**Backend:** remote OpenAI-compatible server `{info['endpoint']}` "
+                f"(model `{info['served_model']}`). It serves one merged model, so the adapter toggle is not available.")
+    adapter = info["adapter"]
+    if adapter.get("error"):
+        text = f" + LoRA adapter that cannot be used: {adapter['error']}"
+    elif adapter:
+        text = (f" + LoRA adapter `{adapter['source']}`"
+                + (f" (r={adapter['r']}, alpha={adapter['lora_alpha']})" if adapter.get("r") else ""))
+    else:
+        text = " (no adapter)"
+    line = f"**Backend:** local weights `{info['base']}`{text}. Loads on first use."
+    if info["is_default"] and not info["radiology_trained"]:
+        line += (f"\n\n⚠️ **{info['title']}**: a general image model that has never been trained on "
+                 f"radiographs; it runs here because this machine has no GPU. Expect generic text that misses "
+                 f"or invents findings. The GPU default is **{info['gpu_default']}**; `google/medgemma-4b-it` "
+                 "is the radiology-trained option (gated: accept its licence, set HF_TOKEN and "
+                 "MEDLAB_MODEL_CAPTIONER). See the model card below.")
+    return line
 
 
 @ui_errors
@@ -72,7 +84,7 @@ def radiograph_caption(
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[str]:
     """Describe a radiograph; the description streams as it is generated."""
-    from medlab.generation.radiograph import caption_stream
+    from medlab.generation.captioner import caption_stream
 
     settings = CaptionSettings(max_new_tokens, temperature, min_p, use_adapter)
     yield from caption_stream(image, instruction, settings, progress=progress_callback(progress))
@@ -89,7 +101,7 @@ def compare_adapter(
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[tuple[str, str]]:
     """Fine-tuned (adapter on) first, then the base model (adapter off), same settings."""
-    from medlab.generation.radiograph import caption_stream
+    from medlab.generation.captioner import caption_stream
 
     report = progress_callback(progress)
     tuned = ""
@@ -101,12 +113,15 @@ def compare_adapter(
 
 
 def build() -> None:
-    from medlab.core.config import load_settings
+    from medlab.generation.captioner import captioner_backend
+    from medlab.generation.captioner_adapter import uses_adapter
 
     disclaimer()
     # With a remote server the local weights do not matter: no "cannot run here" banner.
-    if not load_settings().captioner_endpoint:
-        availability_banner("captioner", "captioner_adapter")
+    local = captioner_backend() == "local"
+    with_adapter = local and uses_adapter()
+    if local:
+        availability_banner(CAPTIONER_KEY, *([ADAPTER_KEY] if with_adapter else []))
     gr.Markdown(INTRO)
     backend = gr.Markdown("")
     on_page_load(backend, _backend_markdown, "")
@@ -116,7 +131,7 @@ def build() -> None:
             instruction = gr.Textbox(value=DEFAULT_INSTRUCTION, label="Instruction", lines=2,
                                      info="Document 003's training instruction; edit it to see how the model reacts.")
             temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
-                                    info="0 = greedy. Document 003 used 1.5 (very creative; invents findings).")
+                                    info=f"0 = greedy. Document 003 used {DOC_003_TEMPERATURE} (very creative; invents findings).")
             with gr.Accordion("More generation settings", open=False):
                 max_new_tokens = gr.Slider(16, MAX_NEW_TOKENS_LIMIT, value=DEFAULT_MAX_NEW_TOKENS, step=16, label="Max new tokens",
                                            info="Document 003: 128.")
@@ -154,5 +169,6 @@ def build() -> None:
         gpu_duration=GpuDuration(base=40, per="max_new_tokens", seconds_each=0.3),
     )
     stop.click(None, None, None, cancels=[caption_event, compare_event], api_visibility="private")
-    model_card("captioner", "Model card: base model")
-    model_card("captioner_adapter", "Model card: radiology LoRA adapter")
+    model_card(CAPTIONER_KEY, "Model card: captioner")
+    if with_adapter:
+        model_card(ADAPTER_KEY, "Model card: LoRA adapter")

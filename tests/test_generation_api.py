@@ -73,9 +73,9 @@ def test_impression_returns_text_and_rouge(live_app: tuple[str, Any]) -> None:
     text, scores, notes = client.predict("FINDINGS: the lungs are clear . IMPRESSION: no acute process .",
                                          api_name="/impression")
     assert isinstance(text, str) and text
-    from medlab.generation.metrics import rouge
+    from tests.test_impression import reference_rouge
 
-    assert scores == pytest.approx(rouge(text, "no acute process ."))
+    assert scores == pytest.approx(reference_rouge(text, "no acute process ."))
     assert "IMPRESSION section" in notes
 
 
@@ -158,3 +158,28 @@ def test_remote_backend_through_the_api(live_app: tuple[str, Any], monkeypatch: 
     (request,) = stub.requests
     content = request["body"]["messages"][0]["content"]
     assert [part["type"] for part in content] == ["image_url", "text"]
+
+
+@pytest.mark.parametrize("architecture", ["idefics3", "gemma3"])
+def test_other_architectures_caption_through_the_api_streamed(
+    live_app: tuple[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, architecture: str
+) -> None:
+    """Switching the captioner is one environment variable: a tiny Idefics3 (SmolVLM) or
+    Gemma 3 (MedGemma) checkpoint answers /radiograph_caption, streamed."""
+    from gradio_client import handle_file
+
+    from tests.tiny_generation import tiny_gemma3, tiny_idefics3
+
+    base = {"idefics3": tiny_idefics3, "gemma3": tiny_gemma3}[architecture](tmp_path / architecture)
+    _, client = live_app
+    monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER", str(base))
+    monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER_ADAPTER", "none")
+    job = client.submit(handle_file(str(PHANTOM)), "Describe this image.", 0.0, 16, 0.1, True,
+                        api_name="/radiograph_caption")
+    final = _finished(job)
+    outputs = [o for o in job.outputs() if o]
+    assert len(outputs) > 1 and outputs[-1] == final
+    assert all(b.startswith(a) for a, b in zip(outputs, outputs[1:]))
+    from medlab.core.loaders import get_model
+
+    assert get_model("captioner").model.config.model_type == architecture

@@ -17,14 +17,8 @@ from typing import Any
 import pytest
 
 from medlab.core.errors import InputError, InsufficientMemoryError, ModelUnavailableError, UnsupportedFileError
-from medlab.generation.radiograph import (
-    DEFAULT_INSTRUCTION,
-    CaptionSettings,
-    InstructionError,
-    caption,
-    caption_stream,
-    next_token_logits,
-)
+from medlab.generation.caption_settings import DEFAULT_INSTRUCTION, CaptionSettings, InstructionError
+from medlab.generation.captioner import caption, caption_stream, next_token_logits
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "radiograph"
 PHANTOM = ASSETS / "synthetic_chest_phantom.png"
@@ -59,10 +53,10 @@ def test_adapter_toggle_changes_logits_and_off_equals_base_weights(use_tiny_mode
     base_dir = use_tiny_models["MEDLAB_MODEL_CAPTIONER"]
     processor = AutoProcessor.from_pretrained(base_dir)
     base = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
-    from medlab.generation.radiograph import _preprocess, load_radiograph
+    from medlab.generation.captioner import load_radiograph, prepare_inputs
     from medlab.core.loaders import LoadedModel
 
-    inputs = _preprocess(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
+    inputs = prepare_inputs(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():
         reference = base(**inputs).logits[0, -1].float()
     assert torch.allclose(off, reference, atol=1e-5)
@@ -127,7 +121,7 @@ def test_stream_grows_and_ends_with_what_generate_returns(use_tiny_models: dict[
     import torch
 
     from medlab.core.loaders import get_model
-    from medlab.generation.radiograph import _preprocess, load_radiograph
+    from medlab.generation.captioner import load_radiograph, prepare_inputs
 
     updates = list(caption_stream(PHANTOM, settings=GREEDY))
     assert len(updates) > 1
@@ -136,7 +130,7 @@ def test_stream_grows_and_ends_with_what_generate_returns(use_tiny_models: dict[
     assert list(caption_stream(PHANTOM, settings=GREEDY)) == updates  # greedy is deterministic
 
     loaded = get_model("captioner")
-    inputs = _preprocess(loaded, load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
+    inputs = prepare_inputs(loaded, load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():
         out = loaded.model.generate(**inputs, max_new_tokens=12, do_sample=False)
     expected = loaded.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -189,18 +183,18 @@ def test_bad_inputs_fail_before_any_model_load(use_tiny_models: dict[str, str], 
     assert get_cache().stats()["loads"] == 0
 
 
-# -- the 11B default on a CPU machine --------------------------------------------------------
-def test_default_11b_is_refused_in_under_a_second_with_the_memory_reason(
+# -- the defaults on a machine without the weights ------------------------------------------
+def test_gpu_default_without_cuda_is_refused_in_under_a_second_with_the_memory_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from medlab.core.config import cuda_expected
+    """The registry chose the GPU profile (the driver lists a GPU) but torch sees no CUDA
+    device: the 11B model is refused at once, naming the GPU and the alternatives."""
+    import medlab.core.registry as registry
     from medlab.core.loaders import get_cache
 
-    monkeypatch.delenv("MEDLAB_MODEL_CAPTIONER", raising=False)
-    monkeypatch.delenv("MEDLAB_CAPTIONER_ENDPOINT", raising=False)
-    monkeypatch.delenv("MEDLAB_ALLOW_CPU_LARGE", raising=False)
-    if cuda_expected():
-        pytest.skip("this machine has a CUDA device: the 11B model is allowed to load")
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_CAPTIONER_ENDPOINT", "MEDLAB_ALLOW_CPU_LARGE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(registry, "cuda_expected", lambda settings=None: True)
     started = time.perf_counter()
     with pytest.raises(InsufficientMemoryError) as info:
         next(caption_stream(PHANTOM))
@@ -209,6 +203,17 @@ def test_default_11b_is_refused_in_under_a_second_with_the_memory_reason(
     assert "GB" in info.value.reason and "GPU" in info.value.reason
     assert "MEDLAB_MODEL_CAPTIONER" in info.value.fix and "MEDLAB_CAPTIONER_ENDPOINT" in info.value.fix
     assert get_cache().stats()["loads"] == 0
+
+
+def test_cpu_default_offline_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_MODEL_CAPTIONER_ADAPTER", "MEDLAB_CAPTIONER_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as info:
+        next(caption_stream(PHANTOM))
+    assert time.perf_counter() - started < 10.0
+    assert "HuggingFaceTB/SmolVLM-500M-Instruct" in info.value.reason
+    assert "python -m medlab download captioner" in info.value.fix
 
 
 # -- remote backend against a stub server ---------------------------------------------------

@@ -1,5 +1,6 @@
-"""Tiny generation checkpoints built offline: a Mllama captioner with its processor, a PEFT
-LoRA adapter for it, and a T5 impression model with its tokenizer.
+"""Tiny generation checkpoints built offline: captioners with their processors and chat
+templates (Mllama, Idefics3 = SmolVLM's architecture, Gemma 3 = MedGemma's), PEFT LoRA adapters
+for them, and a T5 impression model with its tokenizer.
 
 Everything is built from configs with random weights and saved with save_pretrained in the
 standard Hugging Face formats, so the app's real loaders read them exactly like Hub
@@ -105,11 +106,7 @@ def tiny_mllama(path: Path, seed: int = 0) -> Path:
     )
     config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_id)
     model = MllamaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight[eos_ids] = 0.0  # see module docstring
-    model.generation_config.eos_token_id = eos_ids
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    _silence_eos(model, eos_ids, tokenizer.pad_token_id, tokenizer.bos_token_id)
     model.save_pretrained(path)
 
     image_processor = MllamaImageProcessor(size={"height": 32, "width": 32}, max_image_tiles=2)
@@ -118,14 +115,128 @@ def tiny_mllama(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_lora_adapter(base_dir: Path, path: Path, seed: int = 1) -> Path:
-    """A PEFT LoRA adapter for the tiny Mllama with the public adapter's target regex."""
+# SmolVLM-Instruct's chat template (User:/Assistant: turns ending in <end_of_utterance>).
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+# Gemma 3's turn layout (<start_of_turn>user ... <end_of_turn>, <start_of_image> for an image).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _silence_eos(model, eos_ids: list[int], pad_id: int, bos_id: int | None,  # type: ignore[no-untyped-def]
+                 quiet_ids: list[int] = ()) -> None:
+    """Zero the output rows of end-of-sequence (and `quiet_ids`: special tokens a decoded text
+    would drop) so that a random model writes several words before it stops."""
+    import torch
+
+    with torch.no_grad():
+        model.lm_head.weight[list(eos_ids) + list(quiet_ids)] = 0.0  # see module docstring
+    model.generation_config.eos_token_id = eos_ids
+    model.generation_config.pad_token_id = pad_id
+    if bos_id is not None:
+        model.generation_config.bos_token_id = bos_id
+
+
+def tiny_idefics3(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Idefics3 (SmolVLM's architecture: SigLIP-style encoder, pixel-shuffle
+    connector, Llama text model) + Idefics3Processor with SmolVLM's chat template. Images are
+    resized to 64 px and split into 32 px tiles (4 tiles + the global image, 4 tokens each)."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    tile_tokens = ["<fake_token_around_image>", "<image>", "<global-img>"] + [
+        f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    specials = ["<|endoftext|>", "<|im_start|>", "<unk>", "<end_of_utterance>", *tile_tokens]
+    backend, fast_cls, _ = _word_tokenizer(specials, "<unk>")
+    backend.add_tokens(["User", "Assistant"])
+    tokenizer = fast_cls(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+                         pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=2048)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[3:]})
+    eos = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    torch.manual_seed(seed)
+    config = Idefics3Config(
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "max_position_embeddings": 4096, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": eos,
+                     "pad_token_id": tokenizer.pad_token_id},
+        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Idefics3ForConditionalGeneration(config).eval()
+    _silence_eos(model, [eos], tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.all_special_ids)
+    model.save_pretrained(path)
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    # image_seq_len = (image_size / patch_size)^2 / scale_factor^2 = 16 / 4
+    Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                      chat_template=SMOLVLM_TEMPLATE).save_pretrained(path)
+    return path
+
+
+def tiny_gemma3(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Gemma 3 (MedGemma's architecture: SigLIP encoder, pooled to 4 image tokens)
+    + Gemma3Processor with Gemma 3's chat template."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                "<end_of_image>", "<image_soft_token>"]
+    backend, fast_cls, _ = _word_tokenizer(specials, "<unk>")
+    backend.add_tokens(["user", "model"])
+    tokenizer = fast_cls(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        model_max_length=2048,
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                              "image_token": "<image_soft_token>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[4:6]})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    eos = [ids["<eos>"], ids["<end_of_turn>"]]
+    torch.manual_seed(seed)
+    config = Gemma3Config(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "query_pre_attn_scalar": 16,
+                     "sliding_window": 64, "max_position_embeddings": 4096, "pad_token_id": ids["<pad>"],
+                     "bos_token_id": ids["<bos>"], "eos_token_id": eos},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                       "vision_use_head": False},
+        mm_tokens_per_image=4, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+    model = Gemma3ForConditionalGeneration(config).eval()
+    _silence_eos(model, eos, ids["<pad>"], ids["<bos>"], tokenizer.all_special_ids)
+    model.save_pretrained(path)
+    image_processor = Gemma3ImageProcessor(size={"height": 32, "width": 32})
+    Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
+                    chat_template=GEMMA3_TEMPLATE).save_pretrained(path)
+    return path
+
+
+# LoRA targets of the tiny adapters per architecture: attention projections of the text model.
+TEXT_ATTENTION_REGEX = r".*(?:text_model|language_model).*\.(?:q_proj|k_proj|v_proj|o_proj)"
+
+
+def tiny_lora_adapter(base_dir: Path, path: Path, seed: int = 1, target_modules: str = ADAPTER_TARGET_REGEX) -> Path:
+    """A PEFT LoRA adapter for a tiny captioner (by default the public adapter's target regex,
+    which is written for Mllama)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import MllamaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
-    base = MllamaForConditionalGeneration.from_pretrained(base_dir)
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=ADAPTER_TARGET_REGEX,
+    base = AutoModelForImageTextToText.from_pretrained(base_dir)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=target_modules,
                         task_type="CAUSAL_LM", base_model_name_or_path=str(base_dir))
     peft_model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of Llama-3.2-Vision to describe radiographs (document 003's recipe).
+"""LoRA fine-tuning of a vision-language captioner to describe radiographs (document 003's recipe).
 
 Recipe (document 003, unsloth): base unsloth/Llama-3.2-11B-Vision-Instruct in 4-bit; LoRA
 r=16, alpha=16, dropout 0 on vision AND language layers, attention AND MLP modules;
@@ -7,6 +7,12 @@ max_steps 30, lr 2e-4, adamw_8bit, weight decay 0.01, linear schedule, seed 3407
 sequence length 2048. Data: unsloth/Radiology_mini (ROCO sample: image + caption). Each
 example is a chat: user = [image, "You are an expert radiographer. Describe accurately what
 you see in this image."], assistant = the caption. As written it needs ~48 GB of GPU memory.
+
+The same recipe runs on any transformers AutoModelForImageTextToText checkpoint with a chat
+template, e.g. the CPU default `--base HuggingFaceTB/SmolVLM-500M-Instruct --backend transformers`
+(Idefics3: SigLIP attention is q/k/v/out_proj + fc1/fc2, the Llama text model q/k/v/o_proj +
+gate/up/down_proj) or `google/medgemma-4b-it` (Gemma 3). The adapter it writes is the one the
+app's base-vs-fine-tuned comparison toggles: set MEDLAB_MODEL_CAPTIONER to the same base.
 
 Backends (--backend):
   unsloth       FastVisionModel + trl's SFTTrainer (GPU only; `pip install -r requirements-gpu.txt`
@@ -35,16 +41,19 @@ from training.common import seed_everything, setup_logging, utc_now, write_json
 log = logging.getLogger("training.finetune_captioner")
 
 INSTRUCTION = "You are an expert radiographer. Describe accurately what you see in this image."
-# peft module names present in both Mllama's vision tower (self_attn q/k/v/o, mlp fc1/fc2)
-# and its language model (self_attn / cross_attn q/k/v/o, mlp gate/up/down): vision + language,
-# attention + MLP, as unsloth's finetune_*_layers/modules flags select.
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2")
+# peft module names of the vision towers (Mllama: self_attn q/k/v/o_proj; SigLIP in Idefics3 /
+# SmolVLM and Gemma 3: q/k/v/out_proj; mlp fc1/fc2) and the language models (self_attn /
+# cross_attn q/k/v/o_proj, mlp gate/up/down_proj): vision + language, attention + MLP, as
+# unsloth's finetune_*_layers/modules flags select.
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "gate_proj", "up_proj", "down_proj", "fc1",
+                  "fc2")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.finetune_captioner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default="unsloth/Llama-3.2-11B-Vision-Instruct", help="base Mllama checkpoint (dir or Hub id)")
+    p.add_argument("--base", default="unsloth/Llama-3.2-11B-Vision-Instruct",
+                   help="base image-text-to-text checkpoint with a chat template (dir or Hub id)")
     p.add_argument("--data", type=Path, help="JSONL with an image path (relative to the file) and a caption per line")
     p.add_argument("--hub-dataset", help="e.g. unsloth/Radiology_mini (needs `pip install datasets`)")
     p.add_argument("--hub-split", default="train")
@@ -118,12 +127,17 @@ def conversation(image: Any, instruction: str, caption: str | None) -> list[dict
 
 
 def encode_example(processor: Any, image: Any, instruction: str, caption: str, max_len: int) -> dict[str, Any]:
-    """Model inputs whose labels cover only the assistant's answer (the prompt is masked)."""
-    prompt = processor.apply_chat_template(conversation(image, instruction, None), add_generation_prompt=True)
-    full = processor.apply_chat_template(conversation(image, instruction, caption))
-    enc = processor(images=[image], text=full, add_special_tokens=False, return_tensors="pt")
-    n_prompt = processor(images=[image], text=prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].shape[1]
-    for key in ("input_ids", "attention_mask", "cross_attention_mask"):
+    """Model inputs whose labels cover only the assistant's answer (the prompt is masked).
+
+    The processor's own apply_chat_template tokenises [image, text] for any architecture
+    (Mllama, Idefics3, Gemma 3, ...), as the app does when it captions."""
+    def tokenize(messages: list[dict[str, Any]], prompt_only: bool) -> dict[str, Any]:
+        return dict(processor.apply_chat_template(messages, add_generation_prompt=prompt_only, tokenize=True,
+                                                  return_dict=True, return_tensors="pt"))
+
+    enc = tokenize(conversation(image, instruction, caption), False)
+    n_prompt = tokenize(conversation(image, instruction, None), True)["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask", "cross_attention_mask", "token_type_ids"):
         if key in enc and enc[key].shape[1] > max_len:
             enc[key] = enc[key][:, :max_len]
     labels = enc["input_ids"].clone()

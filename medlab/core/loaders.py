@@ -273,7 +273,7 @@ def _load_dtype(spec: ModelSpec, device: str, bf16_bytes: int) -> str | None:
         return None
     if device.startswith("cuda"):
         return "bfloat16"
-    # medlab.generation.radiograph: float32 on CPU unless that would not fit comfortably.
+    # float32 is fastest on a CPU; big checkpoints stay in bfloat16 (half the memory).
     return "bfloat16" if bf16_bytes > 8 * 2**30 else "float32"
 
 
@@ -288,6 +288,12 @@ def estimate_bytes(key: str, device: str | None = None) -> int:
     except ModelUnavailableError:
         return 0
     device = device or planned_device()
+    numel, stored = _numel_and_stored(spec, source)
+    return planned_bytes(stored, numel, _load_dtype(spec, device, numel * 2), _bitsandbytes_4bit(spec, device))
+
+
+def _numel_and_stored(spec: ModelSpec, source: ModelSource) -> tuple[int, int]:
+    """(parameter count, stored bytes) of a source, from safetensors headers where it can."""
     numel, stored = 0, 0
     if source.is_local and Path(source.location).is_dir():
         files = sorted(Path(source.location).rglob("*.safetensors"))
@@ -302,7 +308,15 @@ def estimate_bytes(key: str, device: str | None = None) -> int:
         from medlab.core.weights import DTYPE_BYTES
 
         numel = stored // DTYPE_BYTES.get(spec.dtype, 4)
-    return planned_bytes(stored, numel, _load_dtype(spec, device, numel * 2), _bitsandbytes_4bit(spec, device))
+    return numel, stored
+
+
+def planned_dtype(key: str, device: str) -> str | None:
+    """The dtype a load of `key` on `device` uses (None: the checkpoint's own). One rule for
+    the loader and for the memory estimate, so the estimate describes what is loaded."""
+    spec = get_spec(key)
+    numel, _ = _numel_and_stored(spec, resolve_source(key))
+    return _load_dtype(spec, device, numel * 2)
 
 
 def estimate_placement(key: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from medlab.core.config import model_env_var, revision_env_var
+from medlab.core.config import cuda_expected, model_env_var, revision_env_var
 from medlab.core.errors import ModelUnavailableError, UnknownModelError
 
 
@@ -76,6 +76,80 @@ KATHER_CLASSES = (
     "normal colon mucosa",
     "cancer-associated stroma",
     "colorectal adenocarcinoma epithelium",
+)
+
+
+# -- the captioner: which checkpoint is the default depends on the hardware -----------------
+CAPTIONER_GPU = ModelSpec(
+    key="captioner",
+    title="Radiograph captioner (Llama-3.2-11B-Vision-Instruct + radiology LoRA)",
+    task="image-text-to-text",
+    default_source="unsloth/Llama-3.2-11B-Vision-Instruct",
+    loader="medlab.generation.captioner_backends:load_captioner",
+    memory_gb=22.0,
+    dtype="bfloat16",
+    needs_gpu=True,
+    quantize_4bit_on_cuda=True,
+    licence="Llama 3.2 Community License",
+    params=_frozen({"default_adapter": True, "radiology_trained": True}),
+    card=(
+        "Meta's Llama-3.2-11B-Vision-Instruct (an ungated mirror), the base model that "
+        "document 003 fine-tunes with LoRA on ROCO radiographs (unsloth/Radiology_mini); the "
+        "radiology LoRA adapter is attached by default. Loaded in 4-bit on a GPU."
+    ),
+)
+CAPTIONER_CPU = ModelSpec(
+    key="captioner",
+    title="General image describer (SmolVLM-500M-Instruct, NOT trained on radiology)",
+    task="image-text-to-text",
+    default_source="HuggingFaceTB/SmolVLM-500M-Instruct",
+    loader="medlab.generation.captioner_backends:load_captioner",
+    memory_gb=2.1,  # ~507M parameters held in float32 on a CPU (the file is 1.02 GB of bfloat16)
+    dtype="float32",
+    licence="Apache-2.0",
+    params=_frozen({"default_adapter": False, "radiology_trained": False}),
+    card=(
+        "Hugging Face's SmolVLM-500M-Instruct (huggingface.co/HuggingFaceTB/SmolVLM-500M-Instruct): "
+        "an Idefics3-style model built from SmolLM2-360M-Instruct and a SigLIP base-patch16-512 "
+        "encoder, trained on general image-text data (HuggingFaceM4/the_cauldron, Docmatix). Its "
+        "card describes image captioning, visual question answering and transcription, and "
+        "inference on one image in 1.23 GB of GPU memory. It has seen no radiology training: it "
+        "is the default on a machine without a GPU only because it answers on a CPU in seconds. "
+        "Expect fluent, generic descriptions that miss or invent findings. On a GPU the default "
+        "is Llama-3.2-11B-Vision-Instruct with document 003's radiology LoRA; MedGemma-4b-it "
+        "(google/medgemma-4b-it) is the radiology-trained option."
+    ),
+)
+CAPTIONER_MEDGEMMA = ModelSpec(
+    key="captioner",
+    title="Radiology-trained captioner (MedGemma-4b-it)",
+    task="image-text-to-text",
+    default_source="google/medgemma-4b-it",
+    loader="medlab.generation.captioner_backends:load_captioner",
+    memory_gb=8.6,  # ~4.3B parameters in bfloat16
+    dtype="bfloat16",
+    gated=True,
+    licence="Health AI Developer Foundations terms of use (gated: accept them on the Hub, set HF_TOKEN)",
+    params=_frozen({"default_adapter": False, "radiology_trained": True}),
+    card=(
+        "Google's MedGemma-4b-it (huggingface.co/google/medgemma-4b-it): a Gemma 3 model whose "
+        "SigLIP image encoder was pre-trained on de-identified medical images (chest X-rays, "
+        "dermatology, ophthalmology, histopathology) and whose language model was trained on "
+        "medical text and images; images are normalised to 896x896 and encoded to 256 tokens. "
+        "Its card reports, among others, MIMIC-CXR macro F1 88.9 and RadGraph F1 30.3 on chest "
+        "X-ray report generation (after tuning for it). Gated: accept the licence on the Hub, "
+        "set HF_TOKEN, then MEDLAB_MODEL_CAPTIONER=google/medgemma-4b-it. Not a medical device."
+    ),
+)
+# Keys whose default checkpoint depends on the machine: the spec used where a CUDA device is
+# expected and the one used elsewhere. SPECS holds the "cuda" spec of these keys.
+DEFAULT_BY_DEVICE: Mapping[str, Mapping[str, ModelSpec]] = MappingProxyType(
+    {"captioner": MappingProxyType({"cuda": CAPTIONER_GPU, "cpu": CAPTIONER_CPU})}
+)
+# Documented checkpoints of a key: when MEDLAB_MODEL_<KEY> names one of them, its spec (card,
+# licence, memory, gating) applies instead of the default's.
+KNOWN_CHECKPOINTS: Mapping[str, tuple[ModelSpec, ...]] = MappingProxyType(
+    {"captioner": (CAPTIONER_GPU, CAPTIONER_CPU, CAPTIONER_MEDGEMMA)}
 )
 
 SPECS: Mapping[str, ModelSpec] = MappingProxyType(
@@ -176,28 +250,13 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                     "pipeline 0.93 with benign recall only 0.50): the benign class has 120 images."
                 ),
             ),
-            ModelSpec(
-                key="captioner",
-                title="Radiograph captioner (Llama-3.2-11B-Vision-Instruct)",
-                task="image-text-to-text",
-                default_source="unsloth/Llama-3.2-11B-Vision-Instruct",
-                loader="medlab.generation.radiograph:load_captioner",
-                memory_gb=22.0,
-                dtype="bfloat16",
-                needs_gpu=True,
-                quantize_4bit_on_cuda=True,
-                licence="Llama 3.2 Community License",
-                card=(
-                    "Meta's Llama-3.2-11B-Vision-Instruct (an ungated mirror), the base model that "
-                    "document 003 fine-tunes with LoRA on ROCO radiographs (unsloth/Radiology_mini)."
-                ),
-            ),
+            CAPTIONER_GPU,
             ModelSpec(
                 key="captioner_adapter",
-                title="Radiology LoRA adapter for the captioner",
+                title="Radiology LoRA adapter for the Llama-3.2-Vision captioner",
                 task="peft-adapter",
                 default_source="MMoshtaghi/Llama-3.2-11B-Vision-LoRAAdpt-Radiology",
-                loader="medlab.generation.radiograph:load_adapter_config",
+                loader="medlab.generation.captioner_adapter:load_adapter_config",
                 memory_gb=0.07,
                 licence="Llama 3.2 Community License (derivative of the base model)",
                 community=True,
@@ -314,11 +373,22 @@ def model_keys() -> list[str]:
     return list(SPECS)
 
 
-def get_spec(key: str) -> ModelSpec:
+def get_spec(key: str, environ: Mapping[str, str] | None = None) -> ModelSpec:
+    """The spec of `key`: a known checkpoint MEDLAB_MODEL_<KEY> names, else the default for
+    this machine (DEFAULT_BY_DEVICE), else the one spec of the key."""
     try:
-        return SPECS[key]
+        spec = SPECS[key]
     except KeyError:
         raise UnknownModelError(key, model_keys()) from None
+    env = os.environ if environ is None else environ
+    chosen = env.get(model_env_var(key), "").strip()
+    known = next((s for s in KNOWN_CHECKPOINTS.get(key, ()) if chosen and s.default_source == chosen), None)
+    if known is not None:
+        return known
+    by_device = DEFAULT_BY_DEVICE.get(key)
+    if by_device is None:
+        return spec
+    return by_device["cuda" if cuda_expected() else "cpu"]
 
 
 def _looks_like_path(value: str) -> bool:
@@ -327,8 +397,8 @@ def _looks_like_path(value: str) -> bool:
 
 def resolve_source(key: str, environ: Mapping[str, str] | None = None) -> ModelSource:
     """The weights location for `key`: MEDLAB_MODEL_<KEY> if set, else the spec default."""
-    spec = get_spec(key)
     env = os.environ if environ is None else environ
+    spec = get_spec(key, env)
     var = model_env_var(key)
     raw = env.get(var, "").strip()
     # An override that names the default repo is the default: it keeps the pinned revision
