@@ -46,8 +46,32 @@ class DeferDecision:
 
 
 def scenarios(spec: ModelSpec | None = None) -> dict[str, float]:
+    """Document 001's defer scenarios (name -> top-probability threshold): the one table the
+    tab, the evaluation report and the rule below all read."""
     spec = spec or get_spec(KEY)
     return {str(k): float(v) for k, v in dict(spec.params.get("defer_scenarios", {})).items()}
+
+
+def default_scenario(spec: ModelSpec | None = None) -> str:
+    spec = spec or get_spec(KEY)
+    return str(spec.params.get("default_scenario", "routine"))
+
+
+# -- what the tab offers (the UI reads its choices from here) ------------------------------
+def windows() -> dict[str, tuple[float, float] | None]:
+    """DICOM display windows (name -> (center, width) in HU, None = the file's own)."""
+    from medlab.io.imaging import WINDOWS
+
+    return dict(WINDOWS)
+
+
+def classes(spec: ModelSpec | None = None) -> list[str]:
+    """The classes the tab reports."""
+    return list((spec or get_spec(KEY)).labels)
+
+
+def explain_choices(spec: ModelSpec | None = None) -> list[str]:
+    return [PREDICTED, *classes(spec)]
 
 
 def defer(probabilities: Mapping[str, float], scenario: str | None = None,
@@ -56,7 +80,7 @@ def defer(probabilities: Mapping[str, float], scenario: str | None = None,
     is 'recommended for further examination' instead of getting a class."""
     spec = spec or get_spec(KEY)
     table = scenarios(spec)
-    scenario = scenario or str(spec.params.get("default_scenario", "routine"))
+    scenario = scenario or default_scenario(spec)
     if scenario not in table:
         raise InputError(f"Unknown scenario {scenario!r}; choose one of {', '.join(table)}.")
     top_label, top_p = max(probabilities.items(), key=lambda kv: kv[1])
