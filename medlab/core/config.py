@@ -46,6 +46,8 @@ class Settings:
     captioner_endpoint: str | None = None
     captioner_endpoint_model: str | None = None
     zero_gpu: bool = False
+    teach_max_images: int = 5000  # images one "Teach a classifier" run may use
+    lung_dataset: str | None = None  # folder, zip or Hub dataset id taught at first start
 
     @property
     def max_upload_bytes(self) -> int:
@@ -136,6 +138,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "MEDLAB_CAPTIONER_ENDPOINT", endpoint, "an http(s) URL such as http://127.0.0.1:8080/v1"
             )
 
+    raw_cap = env.get("MEDLAB_TEACH_MAX_IMAGES", "").strip()
+    teach_max_images = 5000
+    if raw_cap:
+        if not raw_cap.isdigit() or int(raw_cap) < 4:
+            raise ConfigError("MEDLAB_TEACH_MAX_IMAGES", raw_cap, "an integer >= 4")
+        teach_max_images = int(raw_cap)
+
     return Settings(
         device=device,
         memory_budget_gb=budget,
@@ -149,6 +158,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         captioner_endpoint=endpoint,
         captioner_endpoint_model=env.get("MEDLAB_CAPTIONER_ENDPOINT_MODEL", "").strip() or None,
         zero_gpu=bool(env.get("SPACES_ZERO_GPU", "").strip()),
+        teach_max_images=teach_max_images,
+        lung_dataset=env.get("MEDLAB_LUNG_DATASET", "").strip() or None,
     )
 
 
