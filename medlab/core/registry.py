@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from medlab.core.config import model_env_var, revision_env_var
+from medlab.core.config import load_settings, model_env_var, revision_env_var
 from medlab.core.errors import ModelUnavailableError, UnknownModelError
 
 
@@ -280,14 +280,32 @@ def _looks_like_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or os.sep in value.rstrip(os.sep) and Path(value).exists()
 
 
+def taught_pointer(key: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The small JSON file naming the model taught in this app that `key`'s tab uses
+    (written atomically by medlab.vision.teach.taught)."""
+    return load_settings(environ).data_dir / "taught" / "current" / f"{key}.json"
+
+
+def taught_source(key: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The folder of the model taught in this app for `key`, if one is in use and intact."""
+    import json
+
+    try:
+        folder = Path(json.loads(taught_pointer(key, environ).read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(folder) if folder.is_dir() else None
+
+
 def resolve_source(key: str, environ: Mapping[str, str] | None = None) -> ModelSource:
-    """The weights location for `key`: MEDLAB_MODEL_<KEY> if set, else the spec default."""
+    """The weights location for `key`: MEDLAB_MODEL_<KEY> if set, else the model taught in
+    this app for that tab (Teach tab, "Use in ..."), else the spec default."""
     spec = get_spec(key)
     env = os.environ if environ is None else environ
     var = model_env_var(key)
     raw = env.get(var, "").strip()
     from_env = bool(raw)
-    value = raw or spec.default_source
+    value = raw or taught_source(key, env) or spec.default_source
     revision = env.get(revision_env_var(key), "").strip() or (None if from_env else spec.revision)
 
     if not value:
