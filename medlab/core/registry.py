@@ -159,8 +159,10 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                             "no credible public IQ-OTH/NCCD checkpoint exists, so none ships by default."
                         ),
                         "no_source_fix": (
-                            "train one with `python -m training.train_classifier` (README 'Reproduce the "
-                            "models') and set MEDLAB_MODEL_LUNG_CT to its output directory."
+                            "open the **Teach a classifier** tab, upload the IQ-OTH/NCCD archive (or your own "
+                            "class folders) as a .zip and press *Use in the Lung CT tab*; or set "
+                            "MEDLAB_LUNG_DATASET (taught at start), or MEDLAB_MODEL_LUNG_CT to a model folder "
+                            "(e.g. from `python -m training.train_classifier`)."
                         ),
                     }
                 ),
