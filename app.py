@@ -39,6 +39,7 @@ log = logging.getLogger("medlab.app")
 TAB_MODULES: tuple[str, ...] = (
     "tabs.skin",  # also hosts the melanoma assistant (tabs.assistant)
     "tabs.lung_ct",
+    "tabs.teach",  # teach a classifier in the browser; "Use in the Lung CT tab"
     "tabs.radiograph",
     "tabs.impression",
     "tabs.pathology",

@@ -16,26 +16,39 @@ TITLE = "Lung CT"
 TAB_ID = "lung_ct"
 
 ROOT = Path(__file__).resolve().parent.parent / "assets"
-WINDOW_CHOICES = ["lung", "mediastinal", "bone", "auto"]  # medlab.io.imaging.WINDOWS
-EXPLAIN_CHOICES = ["predicted", "benign", "malignant", "normal"]
-# matplotlib/OpenCV "jet" from low to high (the overlay's colormap)
-JET = ["#00007f", "#0000ff", "#007fff", "#00ffff", "#7fff7f", "#ffff00", "#ff7f00", "#ff0000", "#7f0000"]
-LEGEND = (
-    "<div style='display:flex;align-items:center;gap:8px;font-size:0.85em'>"
-    "<span>low</span><div style='flex:1;height:14px;border-radius:3px;"
-    f"background:linear-gradient(to right,{','.join(JET)})'></div><span>high</span></div>"
-    "<div style='font-size:0.8em;opacity:0.8'>Grad-CAM: how much each region raised the score of the "
-    "explained class (normalised per image, so colours compare regions within one image, not across "
-    "images). Regions the model never saw (cropped by its preprocessing) are left uncoloured.</div>"
-)
 
 
-def _scenarios() -> tuple[list[str], str]:
-    from medlab.vision.lung_ct import scenarios
-    from medlab.core.registry import get_spec
+def legend_html() -> str:
+    """Colour legend of the overlay, in the engine's colormap."""
+    from medlab.vision.gradcam import COLOURMAP_HEX
 
-    spec = get_spec("lung_ct")
-    return list(scenarios(spec)), str(spec.params.get("default_scenario", "routine"))
+    return (
+        "<div style='display:flex;align-items:center;gap:8px;font-size:0.85em'>"
+        "<span>low</span><div style='flex:1;height:14px;border-radius:3px;"
+        f"background:linear-gradient(to right,{','.join(COLOURMAP_HEX)})'></div><span>high</span></div>"
+        "<div style='font-size:0.8em;opacity:0.8'>Grad-CAM: how much each region raised the score of the "
+        "explained class (normalised per image, so colours compare regions within one image, not across "
+        "images). Regions the model never saw (cropped by its preprocessing) are left uncoloured.</div>"
+    )
+
+
+def _choices() -> dict[str, Any]:
+    """Everything the tab offers, read from the engine (windows, scenarios, classes)."""
+    from medlab.vision import lung_ct
+
+    windows = lung_ct.windows()
+    window_info = "; ".join(f"{name}: C {c:g} / W {w:g} HU" for name, cw in windows.items() if cw
+                            for c, w in [cw]) + "; auto: the file's own window. Ignored for PNG/JPEG"
+    table = lung_ct.scenarios()
+    return {
+        "windows": list(windows),
+        "window_info": window_info,
+        "scenarios": list(table),
+        "default_scenario": lung_ct.default_scenario(),
+        "scenario_info": " · ".join(f"{k} {v:g}" for k, v in table.items()) + " (document 001)",
+        "explain": lung_ct.explain_choices(),
+        "classes": lung_ct.classes(),
+    }
 
 
 @ui_errors
@@ -68,22 +81,24 @@ def lung_classify(
 def build() -> None:
     disclaimer()
     availability_banner("lung_ct")
-    names, default = _scenarios()
+    choices = _choices()
+    class_text = " / ".join(choices["classes"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             gr.Markdown("### Lung-CT classifier with Grad-CAM\nUpload **one** CT slice: PNG/JPEG or a DICOM "
-                        "file (windowed in HU; lung window by default). The model says benign / malignant / "
-                        "normal, shows where it looked, and **defers to an expert** when it is not sure enough "
+                        "file (windowed in HU; lung window by default). The model says "
+                        f"{class_text}, shows where it looked, and **defers to an expert** when it is not sure enough "
                         "for the chosen scenario.")
             file = gr.File(label="CT slice (PNG, JPEG or DICOM .dcm)", type="filepath", file_count="single",
                            elem_id="lung-file")
             with gr.Row():
-                window = gr.Dropdown(WINDOW_CHOICES, value="lung", label="DICOM window",
-                                     info="lung: C −600 / W 1500 HU; ignored for PNG/JPEG")
-                scenario = gr.Radio(names, value=default, label="Scenario (defer threshold)",
-                                    info="screening 0.3 · routine 0.5 · high-risk confirmation 0.7 (document 001)")
+                window = gr.Dropdown(choices["windows"], value="lung", label="DICOM window",
+                                     info=choices["window_info"])
+                scenario = gr.Radio(choices["scenarios"], value=choices["default_scenario"],
+                                    label="Scenario (defer threshold)", info=choices["scenario_info"])
             with gr.Row():
-                explain = gr.Dropdown(EXPLAIN_CHOICES, value="predicted", label="Class to explain")
+                explain = gr.Dropdown(choices["explain"], value=choices["explain"][0], label="Class to explain",
+                                      allow_custom_value=True)  # a taught model brings its own classes
                 opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heat-map opacity")
             run = gr.Button("Classify", variant="primary", elem_id="lung-run")
             examples = [p for p in (ROOT / "lung" / "CT_small.dcm", ROOT / "lung" / "ct_small_lung_window.png",
@@ -95,11 +110,11 @@ def build() -> None:
                                             "a cat photo (off-domain: the gate should flag it)"][: len(examples)],
                             label="Examples (see assets/ATTRIBUTION.md)")
         with gr.Column(scale=1):
-            probs = gr.Label(label="Benign / malignant / normal", num_top_classes=3,
+            probs = gr.Label(label=class_text.capitalize(), num_top_classes=len(choices["classes"]) or 3,
                              show_heading=False)  # the verdict (class or defer) is in the text below
             overlay = gr.Image(label="Grad-CAM overlay (same size as the input)", type="pil", format="png",
                                interactive=False, height=360, elem_id="lung-overlay")
-            gr.HTML(LEGEND)
+            gr.HTML(legend_html())
             verdict = gr.Markdown(elem_id="lung-verdict")
             with gr.Accordion("Summary (JSON, as returned by /lung_classify)", open=False):
                 summary = gr.JSON(label="summary")

@@ -147,8 +147,10 @@ def test_overlay_geometry_and_opacity() -> None:
 
 
 def test_legend_colours_match_the_overlay_colormap() -> None:
-    from tabs.lung_ct import JET
+    from tabs.lung_ct import legend_html
 
+    JET = gradcam.COLOURMAP_HEX
+    assert ",".join(JET) in legend_html()  # the tab's legend is the engine's colormap
     colours = gradcam.jet_colours(len(JET))
     for ours, theirs in zip(JET, colours, strict=True):
         a = np.array([int(ours[i:i + 2], 16) for i in (1, 3, 5)])

@@ -50,6 +50,8 @@ class Settings:
     # Default pathology index: Hub dataset id, local folder / .zip / .parquet, or "off".
     pathology_source: str = "1aurent/NCT-CRC-HE:data/CRC_VAL_HE_7K-*.parquet"
     pathology_max_tiles: int = 2000
+    teach_max_images: int = 5000  # images one "Teach a classifier" run may use
+    lung_dataset: str | None = None  # folder, zip or Hub dataset id taught at first start
 
     @property
     def max_upload_bytes(self) -> int:
@@ -148,6 +150,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "MEDLAB_CAPTIONER_ENDPOINT", endpoint, "an http(s) URL such as http://127.0.0.1:8080/v1"
             )
 
+    raw_cap = env.get("MEDLAB_TEACH_MAX_IMAGES", "").strip()
+    teach_max_images = 5000
+    if raw_cap:
+        if not raw_cap.isdigit() or int(raw_cap) < 4:
+            raise ConfigError("MEDLAB_TEACH_MAX_IMAGES", raw_cap, "an integer >= 4")
+        teach_max_images = int(raw_cap)
+
     return Settings(
         device=device,
         memory_budget_gb=budget,
@@ -164,6 +173,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         gpu_memory_budget_gb=_positive_float(env, "MEDLAB_GPU_MEMORY_BUDGET_GB", None),
         pathology_source=env.get("MEDLAB_PATHOLOGY_SOURCE", "").strip() or Settings.pathology_source,
         pathology_max_tiles=_positive_int(env, "MEDLAB_PATHOLOGY_MAX_TILES", Settings.pathology_max_tiles),
+        teach_max_images=teach_max_images,
+        lung_dataset=env.get("MEDLAB_LUNG_DATASET", "").strip() or None,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from medlab.core.config import cuda_expected, model_env_var, revision_env_var
+from medlab.core.config import cuda_expected, load_settings, model_env_var, revision_env_var
 from medlab.core.errors import ModelUnavailableError, UnknownModelError
 
 
@@ -234,8 +234,10 @@ SPECS: Mapping[str, ModelSpec] = MappingProxyType(
                             "no credible public IQ-OTH/NCCD checkpoint exists, so none ships by default."
                         ),
                         "no_source_fix": (
-                            "train one with `python -m training.train_classifier` (README 'Reproduce the "
-                            "models') and set MEDLAB_MODEL_LUNG_CT to its output directory."
+                            "open the **Teach a classifier** tab, upload the IQ-OTH/NCCD archive (or your own "
+                            "class folders) as a .zip and press *Use in the Lung CT tab*; or set "
+                            "MEDLAB_LUNG_DATASET (taught at start), or MEDLAB_MODEL_LUNG_CT to a model folder "
+                            "(e.g. from `python -m training.train_classifier`)."
                         ),
                     }
                 ),
@@ -395,8 +397,26 @@ def _looks_like_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or os.sep in value.rstrip(os.sep) and Path(value).exists()
 
 
+def taught_pointer(key: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The small JSON file naming the model taught in this app that `key`'s tab uses
+    (written atomically by medlab.vision.teach.taught)."""
+    return load_settings(environ).data_dir / "taught" / "current" / f"{key}.json"
+
+
+def taught_source(key: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The folder of the model taught in this app for `key`, if one is in use and intact."""
+    import json
+
+    try:
+        folder = Path(json.loads(taught_pointer(key, environ).read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(folder) if folder.is_dir() else None
+
+
 def resolve_source(key: str, environ: Mapping[str, str] | None = None) -> ModelSource:
-    """The weights location for `key`: MEDLAB_MODEL_<KEY> if set, else the spec default."""
+    """The weights location for `key`: MEDLAB_MODEL_<KEY> if set, else the model taught in
+    this app for that tab (Teach tab, "Use in ..."), else the spec default."""
     env = os.environ if environ is None else environ
     spec = get_spec(key, env)
     var = model_env_var(key)
@@ -404,7 +424,8 @@ def resolve_source(key: str, environ: Mapping[str, str] | None = None) -> ModelS
     # An override that names the default repo is the default: it keeps the pinned revision
     # (e.g. vinid/plip's safetensors PR) unless MEDLAB_REVISION_<KEY> says otherwise.
     from_env = bool(raw) and raw != spec.default_source
-    value = raw or spec.default_source
+    taught = None if raw else taught_source(key, env)
+    value = raw or taught or spec.default_source
     revision = env.get(revision_env_var(key), "").strip() or (None if from_env else spec.revision)
 
     if not value:

@@ -16,8 +16,6 @@ import numpy as np
 # Document 000: pick the ROC threshold that minimises |FNR - max(FPR, 0.1)|.
 THRESHOLD_RULE = "minimise |FNR - max(FPR, 0.1)| over the ROC thresholds (document 000)"
 FPR_FLOOR = 0.1
-# Document 001: a case whose top probability is below the scenario threshold is deferred.
-DEFER_SCENARIOS: Mapping[str, float] = {"screening": 0.3, "routine": 0.5, "high-risk confirmation": 0.7}
 MISSED_POSITIVE_COST = 2.0  # document 001: missing a malignant case costs twice any other error
 
 
@@ -180,12 +178,23 @@ def binary_metrics_at(y_true_binary: Sequence[int], scores: Sequence[float], thr
 
 
 # -- document 001's decision aids -----------------------------------------------------------------
+def _defer_scenarios(scenarios: Mapping[str, float] | None) -> Mapping[str, float]:
+    """Document 001's scenarios come from one place: the lung_ct spec (medlab.vision.lung_ct)."""
+    if scenarios is not None:
+        return scenarios
+    from medlab.vision.lung_ct import scenarios as lung_scenarios
+
+    return lung_scenarios()
+
+
 def defer_table(
-    y_true: Sequence[int], probs: np.ndarray, scenarios: Mapping[str, float] = DEFER_SCENARIOS
+    y_true: Sequence[int], probs: np.ndarray, scenarios: Mapping[str, float] | None = None
 ) -> list[dict[str, Any]]:
-    """Per scenario: cases whose top probability is below the threshold are recommended for
-    further examination; report how many and the accuracy on the cases kept."""
+    """Per scenario (default: document 001's, from the lung_ct spec): cases whose top
+    probability is below the threshold are recommended for further examination; report how
+    many and the accuracy on the cases kept."""
     y, p = _check(y_true, probs)
+    scenarios = _defer_scenarios(scenarios)
     conf = p.max(axis=1)
     pred = p.argmax(axis=1)
     rows = []
@@ -262,7 +271,7 @@ def evaluate_predictions(
     labels: Sequence[str],
     positive_label: str | None = None,
     ids: Sequence[str] | None = None,
-    scenarios: Mapping[str, float] = DEFER_SCENARIOS,
+    scenarios: Mapping[str, float] | None = None,
     n_bins: int = 10,
     include_curves: bool = False,
 ) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Grad-CAM for any image classifier the app loads, with pytorch-grad-cam.
 
-- The target layer is found automatically: the last convolutional stage for CNN families
-  (transformers ResNet / ConvNext / EfficientNet / RegNet..., timm models through
-  TimmWrapper) and the last block's first norm for token models (ViT / DeiT / DINOv2 /
-  Swin), whose (B, tokens, C) activations are reshaped to a (B, C, h, w) grid. A spec may
-  name the layer itself: params["target_layer"] = "module.path".
+- The target layer comes from one table, TARGET_RULES, keyed by architecture family: the
+  last convolutional stage for CNN families (transformers ResNet / ConvNext / EfficientNet /
+  RegNet..., timm models through TimmWrapper) and the last block's first norm for token
+  models (ViT / DeiT / DINOv2 / Swin), whose (B, tokens, C) activations are reshaped to a
+  (B, C, h, w) grid. A spec may name the layer itself: params["target_layer"] = "module.path".
 - Cost: every parameter has requires_grad=False and a forward hook re-roots the target
   layer's output as a fresh leaf that requires grad, so the backward pass only runs through
   the head above the target layer (the benchmark target is <= 1.6x a plain forward).
@@ -109,10 +109,109 @@ def patch_grid(model: Any, height: int, width: int) -> tuple[int, int] | None:
     return height // ph, width // pw
 
 
-def find_target_layer(model: Any, override: str | None = None) -> TargetLayer:
-    """The layer to explain for a transformers / TimmWrapper classifier (see module doc)."""
+# -- the target-layer rules, one table keyed by architecture family ------------------------
+# Token-model families (ViT-like) by class name; MobileViT is a CNN despite its name.
+TOKEN_MODEL_TAGS = ("vit", "deit", "dinov2", "swin", "beit", "dino")
+NOT_TOKEN_MODEL_TAGS = ("mobilevit",)
+
+
+def _looks_like_token_model(model: Any) -> bool:
+    name = type(model).__name__.lower()
+    return any(tag in name for tag in TOKEN_MODEL_TAGS) and not any(tag in name for tag in NOT_TOKEN_MODEL_TAGS)
+
+
+def _base(model: Any) -> Any:
+    return getattr(model, getattr(model, "base_model_prefix", ""), None) or model
+
+
+def _timm(model: Any) -> Any:
+    return getattr(model, "timm_model", None)  # transformers TimmWrapper around a timm model
+
+
+def _last_conv(root: Any) -> Any:
     import torch
 
+    convs = [m for m in root.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise ModelUnavailableError(
+            "model", f"no convolution or transformer block found in {type(root).__name__}.",
+            "set params['target_layer'] in the spec to the module Grad-CAM should explain.",
+        )
+    return convs[-1]  # registration order = execution order
+
+
+def _last_block_norm(model: Any) -> Any:
+    """The first norm of the last transformer block (layout differs across versions:
+    encoder.layer, layers...)."""
+    blocks = [m for name, m in _base(model).named_modules()
+              if name and any(hasattr(m, n) for n in ("layernorm_before", "norm1"))]
+    if not blocks:
+        raise ModelUnavailableError("model", f"no transformer block found in {type(model).__name__}.",
+                                    "set params['target_layer'] in the spec.")
+    return getattr(blocks[-1], "layernorm_before", None) or blocks[-1].norm1
+
+
+def _timm_conv_head(model: Any) -> Any:
+    timm_model = _timm(model)
+    return next(getattr(timm_model, n) for n in ("bn2", "final_conv", "conv_head") if hasattr(timm_model, n))
+
+
+def _timm_feature_info(model: Any) -> Any:
+    info = _timm(model).feature_info
+    last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+    return _named(_timm(model), last)
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """One architecture family: when it applies, which layer to explain, and whether its
+    activations are tokens (reshaped to a grid) or a CNN feature map."""
+
+    family: str
+    kind: str  # "cnn" or "tokens"
+    applies: Callable[[Any], bool]
+    layer: Callable[[Any], Any]
+
+
+# First match wins; the order is the precedence.
+TARGET_RULES: tuple[TargetRule, ...] = (
+    TargetRule("timm ViT / DeiT / EVA", "tokens",
+               lambda m: _timm(m) is not None and hasattr(_timm(m), "blocks") and hasattr(_timm(m), "patch_embed")
+               and hasattr(_timm(m).blocks[-1], "norm1"),
+               lambda m: _timm(m).blocks[-1].norm1),
+    TargetRule("timm Swin (channels-last)", "tokens",
+               lambda m: _timm(m) is not None and hasattr(_timm(m), "layers")
+               and "swin" in type(_timm(m)).__name__.lower(),
+               lambda m: _timm(m).layers[-1]),
+    TargetRule("timm EfficientNet / MobileNet conv head", "cnn",
+               lambda m: _timm(m) is not None and any(hasattr(_timm(m), n) for n in ("bn2", "final_conv", "conv_head")),
+               _timm_conv_head),
+    TargetRule("timm CNN with feature_info", "cnn",
+               lambda m: _timm(m) is not None and bool(getattr(_timm(m), "feature_info", None)),
+               _timm_feature_info),
+    TargetRule("other timm model", "cnn", lambda m: _timm(m) is not None, lambda m: _last_conv(_timm(m))),
+    TargetRule("transformers Swin", "tokens",
+               lambda m: _looks_like_token_model(m) and "swin" in type(m).__name__.lower()
+               and hasattr(_base(m), "layernorm"),
+               lambda m: _base(m).layernorm),  # final norm of the last stage, right before pooling
+    TargetRule("transformers ViT / DeiT / DINOv2 / BEiT", "tokens", _looks_like_token_model, _last_block_norm),
+    TargetRule("transformers EfficientNet", "cnn",
+               lambda m: hasattr(getattr(_base(m), "encoder", None), "top_activation"),
+               lambda m: _base(m).encoder.top_activation),
+    TargetRule("transformers ResNet / ConvNext / RegNet", "cnn",
+               lambda m: hasattr(getattr(_base(m), "encoder", None), "stages"),
+               lambda m: _base(m).encoder.stages[-1]),
+    TargetRule("any other CNN", "cnn", lambda m: True, _last_conv),
+)
+
+
+def target_rule(model: Any) -> TargetRule:
+    return next(rule for rule in TARGET_RULES if rule.applies(model))
+
+
+def find_target_layer(model: Any, override: str | None = None) -> TargetLayer:
+    """The layer to explain for a transformers / TimmWrapper classifier (TARGET_RULES, or
+    the spec's params["target_layer"] when given)."""
     if override:
         try:
             module = _named(model, override)
@@ -126,75 +225,13 @@ def find_target_layer(model: Any, override: str | None = None) -> TargetLayer:
         family = "tokens" if _looks_like_token_model(model) else "cnn"
         return TargetLayer(module, override, family, _token_reshape if family == "tokens" else None)
 
-    inner = getattr(model, "timm_model", None)
-    if inner is not None:  # transformers TimmWrapper around a timm model
-        return _timm_target(model, inner)
-
-    if _looks_like_token_model(model):
-        return _transformer_target(model)
-
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
-    encoder = getattr(base, "encoder", None)
-    if encoder is not None and hasattr(encoder, "top_activation"):  # EfficientNet: conv head
-        module = encoder.top_activation
-    elif encoder is not None and hasattr(encoder, "stages"):  # ResNet, ConvNext(V2), RegNet...
-        module = encoder.stages[-1]
-    else:  # any other CNN: the last Conv2d in registration (= execution) order
-        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-        if not convs:
-            raise ModelUnavailableError(
-                "model", f"no convolution or transformer block found in {type(model).__name__}.",
-                "set params['target_layer'] in the spec to the module Grad-CAM should explain.",
-            )
-        module = convs[-1]
-    return TargetLayer(module, _path_of(model, module), "cnn")
-
-
-def _looks_like_token_model(model: Any) -> bool:
-    name = type(model).__name__.lower()
-    return any(tag in name for tag in ("vit", "deit", "dinov2", "swin", "beit", "dino")) and "mobilevit" not in name
+    rule = target_rule(model)
+    module = rule.layer(model)
+    return TargetLayer(module, _path_of(model, module), rule.kind, _token_reshape if rule.kind == "tokens" else None)
 
 
 def _token_reshape(tensor: Any, aspect: float = 1.0, grid: tuple[int, int] | None = None) -> Any:
     return tokens_to_grid(tensor, aspect, grid)
-
-
-def _transformer_target(model: Any) -> TargetLayer:
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
-    if "swin" in type(model).__name__.lower() and hasattr(base, "layernorm"):
-        module = base.layernorm  # final norm of the last stage, right before pooling
-    else:
-        # the last transformer block (layout differs across versions: encoder.layer, layers...)
-        blocks = [m for name, m in base.named_modules()
-                  if name and any(hasattr(m, n) for n in ("layernorm_before", "norm1"))]
-        if not blocks:
-            raise ModelUnavailableError("model", f"no transformer block found in {type(model).__name__}.",
-                                        "set params['target_layer'] in the spec.")
-        last = blocks[-1]
-        module = getattr(last, "layernorm_before", None) or last.norm1
-    return TargetLayer(module, _path_of(model, module), "tokens", _token_reshape)
-
-
-def _timm_target(model: Any, timm_model: Any) -> TargetLayer:
-    if hasattr(timm_model, "blocks") and hasattr(timm_model, "patch_embed") and hasattr(timm_model.blocks[-1], "norm1"):
-        module = timm_model.blocks[-1].norm1  # timm ViT / DeiT / EVA
-        return TargetLayer(module, _path_of(model, module), "tokens", _token_reshape)
-    if hasattr(timm_model, "layers") and "swin" in type(timm_model).__name__.lower():
-        module = timm_model.layers[-1]  # channels-last (B, h, w, C)
-        return TargetLayer(module, _path_of(model, module), "tokens", _token_reshape)
-    for name in ("bn2", "final_conv", "conv_head"):  # EfficientNet/MobileNet conv head (+BN+act)
-        if hasattr(timm_model, name):
-            module = getattr(timm_model, name)
-            return TargetLayer(module, _path_of(model, module), "cnn")
-    info = getattr(timm_model, "feature_info", None)
-    if info:
-        last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-        module = _named(timm_model, last)
-        return TargetLayer(module, _path_of(model, module), "cnn")
-    import torch
-
-    convs = [m for m in timm_model.modules() if isinstance(m, torch.nn.Conv2d)]
-    return TargetLayer(convs[-1], _path_of(model, convs[-1]), "cnn")
 
 
 # -- the CAM --------------------------------------------------------------------------------
@@ -288,6 +325,12 @@ def overlay(image: Any, heat: np.ndarray, opacity: float = 0.4,
         mask[top:bottom, left:right] = True
         blended[~mask] = base[~mask]
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
+
+
+# The overlay's colormap (OpenCV/matplotlib "jet", low to high) as hex, for the UI legend without
+# importing OpenCV; tests check it against jet_colours().
+COLOURMAP_NAME = "jet"
+COLOURMAP_HEX = ("#00007f", "#0000ff", "#007fff", "#00ffff", "#7fff7f", "#ffff00", "#ff7f00", "#ff0000", "#7f0000")
 
 
 def jet_colours(n: int = 9) -> list[str]:

@@ -46,8 +46,68 @@ class DeferDecision:
 
 
 def scenarios(spec: ModelSpec | None = None) -> dict[str, float]:
+    """Document 001's defer scenarios (name -> top-probability threshold): the one table the
+    tab, the evaluation report and the rule below all read."""
     spec = spec or get_spec(KEY)
     return {str(k): float(v) for k, v in dict(spec.params.get("defer_scenarios", {})).items()}
+
+
+def default_scenario(spec: ModelSpec | None = None) -> str:
+    spec = spec or get_spec(KEY)
+    return str(spec.params.get("default_scenario", "routine"))
+
+
+# -- what the tab offers (the UI reads its choices from here) ------------------------------
+def windows() -> dict[str, tuple[float, float] | None]:
+    """DICOM display windows (name -> (center, width) in HU, None = the file's own)."""
+    from medlab.io.imaging import WINDOWS
+
+    return dict(WINDOWS)
+
+
+def _app_classes(labels: list[str], spec: ModelSpec, taught: bool) -> tuple[list[str], list[str]]:
+    """(app class of each model label, app classes in order). A model taught in this app
+    ("Teach a classifier") keeps its own class names unless they all map through the spec."""
+    try:
+        mapped = classify.map_labels(labels, spec)
+    except classify.LabelMappingError:
+        if not taught:
+            raise
+        return list(labels), list(labels)
+    order = [c for c in spec.labels if c in mapped] if taught else list(spec.labels) or sorted(set(mapped))
+    return mapped, order
+
+
+def _taught_labels() -> list[str] | None:
+    """The configured model's labels when it was taught in this app (read from its folder)."""
+    import json
+    from pathlib import Path
+
+    from medlab.core.errors import MedlabError
+    from medlab.core.registry import resolve_source
+
+    try:
+        source = resolve_source(KEY)
+    except MedlabError:
+        return None
+    marker = Path(source.location) / "taught.json"
+    if not source.is_local or not marker.is_file():
+        return None
+    try:
+        return [str(c) for c in json.loads(marker.read_text(encoding="utf-8"))["classes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def classes(spec: ModelSpec | None = None) -> list[str]:
+    """The classes the tab reports (a taught model's own, else the spec's)."""
+    spec = spec or get_spec(KEY)
+    taught = _taught_labels()
+    return _app_classes(taught, spec, True)[1] if taught else list(spec.labels)
+
+
+def explain_choices(spec: ModelSpec | None = None) -> list[str]:
+    return [PREDICTED, *classes(spec)]
 
 
 def defer(probabilities: Mapping[str, float], scenario: str | None = None,
@@ -56,7 +116,7 @@ def defer(probabilities: Mapping[str, float], scenario: str | None = None,
     is 'recommended for further examination' instead of getting a class."""
     spec = spec or get_spec(KEY)
     table = scenarios(spec)
-    scenario = scenario or str(spec.params.get("default_scenario", "routine"))
+    scenario = scenario or default_scenario(spec)
     if scenario not in table:
         raise InputError(f"Unknown scenario {scenario!r}; choose one of {', '.join(table)}.")
     top_label, top_p = max(probabilities.items(), key=lambda kv: kv[1])
@@ -114,8 +174,9 @@ def classify_lung(
 
     loaded = get_model(KEY, progress)
     labels = classify.model_labels(loaded.model)
-    mapped = classify.map_labels(labels, spec)
-    order = list(spec.labels) or sorted(set(mapped))
+    taught = loaded.source is not None and loaded.source.is_local and \
+        os.path.isfile(os.path.join(loaded.source.location, "taught.json"))
+    mapped, order = _app_classes(labels, spec, taught)
     class_index = None
     explained = PREDICTED
     if explain and explain != PREDICTED:

@@ -1,0 +1,176 @@
+"""Teach-a-classifier tab: class folders in a .zip (or a server folder / Hub dataset id) ->
+a frozen ImageNet backbone + a logistic head, evaluated on held-out images (accuracy,
+per-class recall, confusion matrix, ROC, calibration, defer table, Grad-CAM), then used as the
+Lung CT (or skin) tab's model. API: /teach_train (archive first), /teach_use (model id, tab)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from tabs.common import disclaimer, on_page_load, progress_callback, ui_errors
+
+TITLE = "Teach a classifier"
+TAB_ID = "teach"
+
+_CANCEL: dict[str, threading.Event] = {}  # session -> the cancel flag of its running run
+_CANCEL_LOCK = threading.Lock()
+
+INTRO = """### Teach a classifier on your own images — in the browser
+Upload a **.zip with one folder per class** (e.g. the IQ-OTH/NCCD archive as downloaded: *Bengin cases*,
+*Malignant cases*, *Normal cases*). PNG/JPEG and DICOM slices are read. A frozen ImageNet network turns every
+image into features once; a class-weighted logistic regression learns the classes; held-out images you never
+trained on show how good it really is. Then make it the Lung CT tab's model with one click.
+
+**Groups matter.** Neighbouring CT slices of one patient are near copies. If they land on both sides of the
+split, the "held-out" images are not new and accuracy looks like 99%. Give a CSV with columns `file,group`
+(patient or lesion id) and every patient stays on one side."""
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "api"
+
+
+def _public_copy(path: Path) -> str:
+    """Gradio serves files from its temp dir; the data dir may be elsewhere."""
+    target = Path(tempfile.mkdtemp(prefix="medlab-teach-")) / path.name
+    shutil.copy2(path, target)
+    return str(target)
+
+
+@ui_errors
+def teach_train(
+    archive: str | None,
+    groups_csv: str | None = None,
+    folder: str = "",
+    backbone: str = "efficientnet_lite0",
+    test_fraction: float = 0.2,
+    request: gr.Request | None = None,
+    progress: gr.Progress = gr.Progress(),
+) -> tuple[Any, ...]:
+    """Teach a classifier from class folders.
+
+    Returns (JSON summary: classes, n_train, n_test, held_out_accuracy, per_class_recall,
+    model_id, ...; evaluation markdown; evaluation figure; Grad-CAM gallery; model id)."""
+    from PIL import Image
+
+    from medlab.vision.teach.service import teach
+
+    source = archive or (folder or "").strip()
+    cancel = threading.Event()
+    key = _session(request)
+    with _CANCEL_LOCK:
+        _CANCEL[key] = cancel
+    try:
+        result = teach(source, groups_csv or None, backbone=backbone or "efficientnet_lite0",
+                       test_fraction=float(test_fraction), progress=progress_callback(progress), cancel=cancel)
+    finally:
+        with _CANCEL_LOCK:
+            if _CANCEL.get(key) is cancel:
+                _CANCEL.pop(key, None)
+    with Image.open(result.figure) as img:
+        figure = img.convert("RGB")
+    return result.summary, result.markdown, figure, result.gallery, result.model_id
+
+
+def teach_cancel(request: gr.Request | None = None) -> str:
+    with _CANCEL_LOCK:
+        flag = _CANCEL.get(_session(request))
+    if flag is None:
+        return "Nothing is being taught in this session."
+    flag.set()
+    return "Cancelling after the current batch… the current model stays in use."
+
+
+@ui_errors
+def teach_use(model_id: str, tab: str = "lung_ct") -> tuple[str, dict[str, Any]]:
+    """Make a taught model the model of `tab` ("lung_ct" or "skin"). Returns (markdown, JSON)."""
+    from medlab.vision.teach import taught
+
+    done = taught.use(model_id, tab)
+    name = {"lung_ct": "Lung CT", "skin": "Skin lesion"}.get(tab, tab)
+    return (f"✅ `{done['model_id']}` is now the **{name}** tab's model ({', '.join(done['classes'])}). "
+            "It stays in use after a restart. Not validated: educational only."), done
+
+
+@ui_errors
+def teach_download(model_id: str) -> str:
+    from medlab.vision.teach import taught
+
+    return _public_copy(taught.download(model_id))
+
+
+def _status() -> str:
+    from medlab.vision.teach import service, taught
+
+    lines = []
+    for tab, name in (("lung_ct", "Lung CT"), ("skin", "Skin lesion")):
+        current = taught.current(tab)
+        if current:
+            lines.append(f"- **{name}** tab uses the taught model `{current}`.")
+    auto = service.autoteach_status()
+    if auto["state"] != "idle":
+        lines.append(f"- MEDLAB_LUNG_DATASET: {auto['state']} — {auto['message']}")
+    models = taught.list_models()[:10]
+    if models:
+        lines.append("\n**Taught in this app** (newest first):")
+        lines += [f"- `{m['model_id']}`: {', '.join(m['classes'])}; {m['n_images']} images from {m['source']}; "
+                  f"held-out accuracy {m['held_out_accuracy']:.3f}" for m in models]
+    return "\n".join(lines) or "No model has been taught in this app yet."
+
+
+def build() -> None:
+    from medlab.vision.teach.features import BACKBONES, DEFAULT_BACKBONE
+    from medlab.vision.teach.service import autoteach_lung_in_background
+
+    autoteach_lung_in_background()  # MEDLAB_LUNG_DATASET, only when no lung model is configured
+    disclaimer()
+    gr.Markdown(INTRO)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            archive = gr.File(label="Class folders as a .zip", file_types=[".zip"], type="filepath",
+                              elem_id="teach-archive")
+            groups = gr.File(label="Optional CSV: file,group (patient or lesion id)", file_types=[".csv"],
+                             type="filepath")
+            with gr.Accordion("Other sources and settings", open=False):
+                folder = gr.Textbox(label="…or a server folder (under the allowed roots) or a Hub dataset id",
+                                    placeholder="/data/IQ-OTHNCCD  or  user/dataset")
+                backbone = gr.Dropdown([(b.title, b.key) for b in BACKBONES.values()], value=DEFAULT_BACKBONE,
+                                       label="Frozen backbone")
+                fraction = gr.Slider(0.1, 0.5, value=0.2, step=0.05, label="Held-out fraction")
+            with gr.Row():
+                run = gr.Button("Teach", variant="primary", elem_id="teach-run")
+                stop = gr.Button("Cancel", variant="stop")
+            stop_msg = gr.Markdown()
+            status = gr.Markdown(elem_id="teach-status")
+        with gr.Column(scale=2):
+            result_md = gr.Markdown(elem_id="teach-result")
+            figure = gr.Image(label="Confusion matrix · ROC · calibration (held-out images)", type="pil",
+                              interactive=False)
+            gallery = gr.Gallery(label="Grad-CAM on held-out images (✗ wrong first, then ✓ right)", columns=4,
+                                 height="auto", object_fit="contain")
+            with gr.Accordion("Summary (JSON, as returned by /teach_train)", open=False):
+                summary = gr.JSON(label="summary")
+            model_id = gr.Textbox(label="Taught model id", elem_id="teach-model-id")
+            with gr.Row():
+                use_lung = gr.Button("Use in the Lung CT tab", elem_id="teach-use-lung")
+                use_skin = gr.Button("Use in the skin tab (benign / malignant sets)")
+                download = gr.Button("Download the model folder (.zip)")
+            use_md = gr.Markdown()
+            use_json = gr.JSON(visible=False)
+            tab_choice = gr.Textbox(value="lung_ct", visible=False)
+            skin_choice = gr.Textbox(value="skin", visible=False)
+            file_out = gr.File(label="Model folder", interactive=False)
+    on_page_load(status, _status, "")
+    run.click(teach_train, inputs=[archive, groups, folder, backbone, fraction],
+              outputs=[summary, result_md, figure, gallery, model_id], api_name="teach_train",
+              concurrency_limit=1)  # one teaching run at a time: it uses every core
+    stop.click(teach_cancel, inputs=None, outputs=[stop_msg], api_name=False)
+    use_lung.click(teach_use, inputs=[model_id, tab_choice], outputs=[use_md, use_json], api_name="teach_use")
+    use_skin.click(teach_use, inputs=[model_id, skin_choice], outputs=[use_md, use_json], api_name=False)
+    download.click(teach_download, inputs=[model_id], outputs=[file_out], api_name=False)
