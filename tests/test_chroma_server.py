@@ -184,6 +184,38 @@ def _collection_rows(port: int, prefix: str) -> dict[str, dict]:
     return dict(zip(got["ids"], got["metadatas"]))
 
 
+def test_hnsw_settings_are_set_at_creation_and_persist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embedded store: a new collection carries the app's HNSW settings after a restart; a
+    collection made with chroma's defaults gets its search beam widened; batches follow the
+    collection's own client; numpy embeddings round-trip."""
+    import chromadb
+    import numpy as np
+
+    from medlab.retrieval import vectorstore
+
+    monkeypatch.setenv("MEDLAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDLAB_CHROMA_HOST", raising=False)
+    vectorstore.reset_clients()
+    col = vectorstore.get_collection("tuned-col")
+    vecs = np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32)
+    vectorstore.upsert(col, [f"r{i}" for i in range(7)], vecs, [{"i": i} for i in range(7)])
+    # an "old" store, made the way chroma makes it by default
+    old = vectorstore.get_client().create_collection("old-col", embedding_function=None)
+    assert old.configuration["hnsw"]["ef_search"] == 100
+    vectorstore.reset_clients()  # a restart: settings must come back from disk
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "data" / "chroma"))
+    hnsw = client.get_collection("tuned-col", embedding_function=None).configuration["hnsw"]
+    assert (hnsw["space"], hnsw["max_neighbors"], hnsw["ef_construction"], hnsw["ef_search"]) == ("cosine", 32, 128, 128)
+    assert vectorstore.get_collection("old-col").configuration["hnsw"]["ef_search"] == 128
+    col = vectorstore.get_collection("tuned-col")
+    got = col.get(ids=["r3"], include=["embeddings"])
+    assert np.allclose(got["embeddings"][0], vecs[3])
+    assert vectorstore.max_batch(col) == client.get_max_batch_size() > 1000
+    assert vectorstore.existing_ids(col, ["r1", "zz", "r6"]) == {"r1", "r6"}
+    vectorstore.reset_clients()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_app_processes_share_one_chroma_server(server: Server, tiny_model_env: dict[str, str],

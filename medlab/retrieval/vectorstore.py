@@ -144,17 +144,20 @@ def get_collection(name: str, metadata: dict[str, Any] | None = None, ef_search:
 
     A new collection gets HNSW_DEFAULTS (with `hnsw` overrides: max_neighbors, ef_construction);
     those are fixed at creation. `ef_search` (the search beam) can change later, so it is also
-    applied to an existing collection when given."""
+    applied to an existing collection: the given value, or at least the default one."""
     client = get_client()
     config = hnsw_configuration(ef_search=ef_search, **hnsw)
     try:
         with store_errors(f"opening collection {name!r}"):
             col = client.get_or_create_collection(name=name, metadata=metadata or None, configuration=config,
                                                   embedding_function=None)
-        if ef_search is not None:
-            current = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
-            if current.get("ef_search") != ef_search:
-                col.modify(configuration={"hnsw": {"ef_search": int(ef_search)}})
+        current = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
+        want = ef_search if ef_search is not None else HNSW_DEFAULTS["ef_search"]
+        # an explicit ef_search always applies; otherwise a store made with a narrower beam
+        # (chroma's default, before these settings) is widened to the default
+        if current.get("ef_search") != want and (ef_search is not None or (current.get("ef_search") or 0) < want):
+            with store_errors(f"setting ef_search on {name!r}"):
+                col.modify(configuration={"hnsw": {"ef_search": int(want)}})
         return col
     except VectorStoreError:
         raise
