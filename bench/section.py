@@ -19,9 +19,9 @@ from bench.common import ROOT, SectionResult, apply_env
 SECTIONS: dict[str, tuple[int, str]] = {
     # name: (number, title)
     "startup": (1, "Cold start: app vs bare Blocks with the same number of tabs"),
-    "tabs": (2, "Per-tab handler overhead: API call vs raw forward (warm models)"),
+    "tabs": (2, "Per-tab handler overhead: API call vs raw forward + no-op round trip (warm models)"),
     "gradcam": (3, "Grad-CAM overlay cost vs a plain forward (EfficientNet-B1)"),
-    "search": (4, "Pathology search latency vs N (text encoding excluded)"),
+    "search": (4, "Vector search at scale: recall@8 beside latency (text encoding excluded)"),
     "retrieval": (5, "Assistant retrieval: app vs document 000's re-embed-per-question approach"),
     "index": (6, "Pathology index build throughput vs the encoder alone"),
     "cache": (7, "Model cache: warm switching, single-flight cold loads, peak RSS under the budget"),

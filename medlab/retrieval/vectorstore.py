@@ -1,9 +1,9 @@
 """The one chromadb client factory used by the knowledge assistant and the image index.
 
 Embedded PersistentClient under <MEDLAB_DATA_DIR>/chroma by default; a chroma server
-(HttpClient) when MEDLAB_CHROMA_HOST/PORT are set. Collections always use cosine space and
-never chromadb's default embedding function (it would download a model): callers pass their
-own embeddings."""
+(HttpClient) when MEDLAB_CHROMA_HOST/PORT are set. Collections always use cosine space with
+the HNSW settings of HNSW_DEFAULTS, and never chromadb's default embedding function (it would
+download a model): callers pass their own embeddings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,32 @@ _NAME_OK = re.compile(r"[^a-zA-Z0-9._-]+")
 
 class VectorStoreError(MedlabError, RuntimeError):
     """The vector store (embedded or server) cannot be used."""
+
+
+class StoreUnavailableError(VectorStoreError):
+    """The chroma server stopped answering (not running, restarting, network down). Writes are
+    keyed by content, so repeating the operation once it is back resumes where it stopped."""
+
+
+def _where() -> str:
+    key = _client_key()
+    return f"the chroma server {key[1]}:{key[2]}" if key[0] == "http" else f"the store at {key[1]}"
+
+
+@contextmanager
+def store_errors(doing: str) -> Iterator[None]:
+    """Translate a lost connection (httpx's transport errors, raised by chromadb's HttpClient)
+    into StoreUnavailableError with what was being done and how to go on."""
+    import httpx
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise StoreUnavailableError(
+            f"{_where()} is unreachable while {doing} ({type(exc).__name__}). Fix: start or restart it "
+            "(`chroma run --path DIR --host HOST --port PORT`) and check MEDLAB_CHROMA_HOST/MEDLAB_CHROMA_PORT; "
+            "then repeat the action: what was stored is kept and the rest resumes."
+        ) from exc
 
 
 def _client_key() -> tuple[str, ...]:
@@ -96,46 +123,56 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def get_collection(name: str, metadata: dict[str, Any] | None = None, ef_search: int | None = None) -> Any:
+# HNSW settings every collection is created with (persisted by chroma with the collection).
+# chroma's defaults (max_neighbors 16, ef_construction 100, ef_search 100) give recall@8 well
+# under 0.95 at 100k 512-d vectors; a denser graph and a wider beam buy it back for a few ms
+# (measured in bench/results.md, section 4).
+HNSW_DEFAULTS: dict[str, Any] = {"space": "cosine", "max_neighbors": 32, "ef_construction": 128, "ef_search": 128}
+
+
+def hnsw_configuration(**overrides: Any) -> dict[str, Any]:
+    """The `configuration` new collections get: HNSW_DEFAULTS with `overrides` applied."""
+    unknown = set(overrides) - set(HNSW_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown HNSW setting(s) {sorted(unknown)}; valid: {sorted(HNSW_DEFAULTS)}")
+    return {"hnsw": {**HNSW_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}}
+
+
+def get_collection(name: str, metadata: dict[str, Any] | None = None, ef_search: int | None = None,
+                   **hnsw: Any) -> Any:
     """Get or create a cosine-space collection with no embedding function of its own.
 
-    `ef_search` widens HNSW's search beam (chroma's default is 100) where recall matters more
-    than microseconds; it is applied to existing collections too."""
+    A new collection gets HNSW_DEFAULTS (with `hnsw` overrides: max_neighbors, ef_construction);
+    those are fixed at creation. `ef_search` (the search beam) can change later, so it is also
+    applied to an existing collection: the given value, or at least the default one."""
     client = get_client()
-    meta = {"hnsw:space": "cosine", **(metadata or {})}
+    config = hnsw_configuration(ef_search=ef_search, **hnsw)
     try:
-        col = client.get_or_create_collection(name=name, metadata=meta, embedding_function=None)
-        if ef_search is not None:
-            hnsw = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
-            if hnsw.get("ef_search") != ef_search:
-                col.modify(configuration={"hnsw": {"ef_search": int(ef_search)}})
+        with store_errors(f"opening collection {name!r}"):
+            col = client.get_or_create_collection(name=name, metadata=metadata or None, configuration=config,
+                                                  embedding_function=None)
+        current = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
+        want = ef_search if ef_search is not None else HNSW_DEFAULTS["ef_search"]
+        # an explicit ef_search always applies; otherwise a store made with a narrower beam
+        # (chroma's default, before these settings) is widened to the default
+        if current.get("ef_search") != want and (ef_search is not None or (current.get("ef_search") or 0) < want):
+            with store_errors(f"setting ef_search on {name!r}"):
+                col.modify(configuration={"hnsw": {"ef_search": int(want)}})
         return col
+    except VectorStoreError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise VectorStoreError(f"Could not open collection {name!r} ({type(exc).__name__}: {exc}).") from exc
 
 
-def delete_collection(name: str) -> bool:
-    client = get_client()
+def max_batch(collection: Any, default: int = 5000) -> int:
+    """Rows per write that the collection's own client accepts (an embedded store: ~5k, bound
+    by SQLite's variable limit; a server says what it allows)."""
     try:
-        client.delete_collection(name)
-        return True
-    except Exception:  # noqa: BLE001 - not there
-        return False
-
-
-def list_collection_names() -> list[str]:
-    client = get_client()
-    out = []
-    for c in client.list_collections():
-        out.append(c if isinstance(c, str) else c.name)
-    return out
-
-
-def max_batch(collection: Any, default: int = 1000) -> int:
-    try:
-        return max(1, min(default, int(get_client().get_max_batch_size())))
-    except Exception:  # noqa: BLE001 - HttpClient without the call
+        limit = int(collection._client.get_max_batch_size())  # noqa: SLF001 - the client that owns it
+    except Exception:  # noqa: BLE001 - a client without the call, or a server that is down
         return default
+    return max(1, limit) if limit > 0 else default
 
 
 def upsert(
@@ -147,25 +184,31 @@ def upsert(
 ) -> None:
     """Upsert in store-sized batches. Ids are content hashes, so a crashed run that is
     re-run overwrites the same rows instead of duplicating them."""
+    import numpy as np
+
     n = len(ids)
+    vecs = np.asarray(embeddings, dtype=np.float32)  # chroma takes the array as is: no lists of floats
     step = max_batch(collection)
     for i in range(0, n, step):
         kwargs: dict[str, Any] = {
             "ids": list(ids[i : i + step]),
-            "embeddings": [list(map(float, e)) for e in embeddings[i : i + step]],
+            "embeddings": vecs[i : i + step],
             "metadatas": list(metadatas[i : i + step]),
         }
         if documents is not None:
             kwargs["documents"] = list(documents[i : i + step])
-        collection.upsert(**kwargs)
+        with store_errors(f"storing rows {i + 1}-{min(n, i + step)} of {n}"):
+            collection.upsert(**kwargs)
 
 
 def existing_ids(collection: Any, ids: Sequence[str]) -> set[str]:
     """Which of `ids` are already stored."""
     found: set[str] = set()
     ids = list(ids)
-    for i in range(0, len(ids), 500):
-        got = collection.get(ids=ids[i : i + 500], include=[])
+    step = max_batch(collection)
+    for i in range(0, len(ids), step):
+        with store_errors("checking which rows are stored"):
+            got = collection.get(ids=ids[i : i + step], include=[])
         found.update(got["ids"])
     return found
 
@@ -174,8 +217,6 @@ def model_fingerprint(key: str) -> str:
     """Short hash of where model `key`'s weights come from (location, revision, and for a
     local dir the weight files' names, sizes and mtimes). It goes into collection names so
     embeddings of a changed model never mix with the old ones."""
-    from pathlib import Path
-
     from medlab.core.registry import resolve_source
 
     source = resolve_source(key)

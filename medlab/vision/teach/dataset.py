@@ -73,45 +73,19 @@ class TeachSet:
 
 
 # -- archives ------------------------------------------------------------------------------------
-def check_zip(zf: zipfile.ZipFile, name: str) -> list[zipfile.ZipInfo]:
-    """Refuse an unsafe archive before extracting anything: the same rules as the pathology
-    zip (one adapter, so the shared module can be re-pointed in one place)."""
-    from medlab.retrieval.pathology import _check_zip
-
-    return _check_zip(zf, name)
-
-
 def extract_zip(archive: Path, into: Path) -> Path:
-    """Extract a checked zip into `into`; members are streamed so a size lie is caught."""
-    from medlab.retrieval.pathology import UnsafeArchiveError
+    """Extract a zip into `into` under the same safety rules as the pathology zip (traversal,
+    links, bombs and size lies refused before or while extracting: medlab.io.archives)."""
+    from medlab.io.archives import extract_safely
 
-    display = archive.name
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise TeachDataError(f"{display} is not a readable .zip archive ({type(exc).__name__}).") from None
-    root = into.resolve()
-    with zf:
-        for info in check_zip(zf, display):
-            if info.is_dir():
-                continue
-            target = (root / info.filename).resolve()
-            if root not in target.parents:
-                raise UnsafeArchiveError(f"{display}: unsafe path {info.filename!r}; refused.")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                remaining = info.file_size + 1
-                while chunk := src.read(1 << 20):
-                    remaining -= len(chunk)
-                    if remaining < 0:
-                        raise UnsafeArchiveError(f"{display}: {info.filename!r} is larger than declared; refused.")
-                    dst.write(chunk)
-    return root
+    into.mkdir(parents=True, exist_ok=True)
+    extract_safely(archive, into)
+    return into.resolve()
 
 
 def resolve_folder(folder: str | Path) -> Path:
     """A server folder, only under the roots the app may read (MEDLAB_INDEX_ROOTS + data dir)."""
-    from medlab.retrieval.pathology import allowed_roots
+    from medlab.retrieval.image_index import allowed_roots
 
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
