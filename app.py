@@ -23,8 +23,8 @@ import_spaces_first()
 # Before gradio is imported: no analytics calls home (the only network use is the Hub).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Before torch is imported: idle OpenMP threads sleep instead of spinning, so two concurrent
-# model calls on a small CPU box don't steal each other's cores (a 512x512 matmul measured
-# 53.6 ms spinning vs 3.6 ms passive under contention: bench/README.md).
+# model calls on a small CPU box don't steal each other's cores (figures: bench/README.md,
+# "Figures behind design choices").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402

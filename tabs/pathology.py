@@ -40,8 +40,8 @@ def _model_name(key: str) -> str:
 
 
 def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
-    """Stored JPEG thumbnails by path (Gradio copies the file; re-encoding a PIL image per hit
-    cost ~13 ms each: bench/results.md); a grey tile when one went missing."""
+    """Stored JPEG thumbnails by path (Gradio copies the file, cheaper than re-encoding a PIL
+    image per hit: bench/README.md); a grey tile when one went missing."""
     from pathlib import Path
 
     from medlab.retrieval.image_search import load_thumbnail
@@ -211,7 +211,7 @@ def build() -> None:
     disclaimer()
     availability_banner(*MODELS)
     gr.Markdown(INTRO)
-    # Filled on each page load (not at build time: opening chromadb at start-up costs ~1 s).
+    # Filled on each page load, not at build time: opening chromadb would slow the start-up.
     status = gr.Markdown("**Image index**: checking…")
     on_page_load(status, index_status, "**Image index**: status unavailable.")
     # The default tile set builds in the background (medlab.retrieval.default_index): poll it.
