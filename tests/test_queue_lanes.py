@@ -50,18 +50,6 @@ class Probe:
             else:
                 time.sleep(hold)
 
-        if inspect.isgeneratorfunction(original):
-            def probe_gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                self.enter()
-                try:
-                    wait()
-                finally:
-                    self.leave()
-                raise gr.Error("probe")
-                yield  # pragma: no cover - makes this a generator like the handler it replaces
-
-            return probe_gen
-
         def probe(*args: Any, **kwargs: Any) -> Any:
             self.enter()
             try:
@@ -70,7 +58,13 @@ class Probe:
                 self.leave()
             raise gr.Error("probe")
 
-        return probe
+        if not inspect.isgeneratorfunction(original):
+            return probe
+
+        def probe_gen(*args: Any, **kwargs: Any) -> Iterator[Any]:  # same kind as the handler it replaces
+            yield probe(*args, **kwargs)
+
+        return probe_gen
 
 
 @pytest.fixture
