@@ -343,3 +343,14 @@ def test_screenshot_of_the_tab_while_the_index_builds(ddata: Path, monkeypatch: 
         finally:
             browser.close()
             default_index.cancel()
+
+
+def test_a_model_that_cannot_load_is_reported_and_the_other_still_builds(
+        ddata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = make_folder(ddata / "tiles", 5, seed=6)
+    monkeypatch.setenv("MEDLAB_MODEL_CLIP_BASELINE", str(ddata / "no-such-model"))
+    st = default_index.build(str(ddata / "tiles"))
+    assert st.state == "done" and st.added["plip"] == 5 and st.added.get("clip_baseline", 0) == 0
+    assert "clip_baseline" in st.model_errors and "General CLIP (baseline) not indexed" in st.line()
+    assert_whole({"plip": stored("plip")})
+    assert set(stored("plip")) == set(expected)

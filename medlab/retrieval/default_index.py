@@ -165,7 +165,7 @@ def build(
     for key in keys:
         try:
             cols[key] = image_collection(key)
-        except (ModelUnavailableError, MedlabError) as exc:
+        except MedlabError as exc:  # e.g. ModelUnavailableError: the others still build
             errors[key] = str(getattr(exc, "reason", exc))
     stamp = {"source": value, "max_tiles": cap, "collections": {k: c.name for k, c in cols.items()}}
     done_before = _read_stamp()
@@ -223,24 +223,25 @@ def build(
 
 def _index_batch(batch: list[Tile], cols: dict[str, Any], errors: dict[str, str],
                  counters: dict[str, int]) -> None:
+    """Encode and store, for every model, the tiles of `batch` its collection lacks."""
     from medlab.retrieval.image_index import store_batch, thumb_path
     from medlab.retrieval.vectorstore import existing_ids
 
     decoded: dict[str, Any] = {}
-    bad = {i for i, tile in enumerate(batch) if not tile.id}  # a row without image bytes
-    missing_any = False
+    failed = {t.name for t in batch if not t.id}  # a row without image bytes
+    new: set[str] = set()
     for key in list(cols):
-        col = cols[key]
-        present = existing_ids(col, [t.id for t in batch if t.id])
-        todo = [t for i, t in enumerate(batch) if i not in bad and t.id not in present]
+        present = existing_ids(cols[key], [t.id for t in batch if t.id])
         ids, images, metas = [], [], []
-        for tile in todo:
+        for tile in batch:
+            if not tile.id or tile.id in present or tile.name in failed:
+                continue
             if tile.id not in decoded:
                 try:
                     decoded[tile.id] = decode_tile(tile.data)
                 except ValueError as exc:
                     log.info("default index: skipping %s (%s)", tile.name, exc)
-                    bad.add(batch.index(tile))
+                    failed.add(tile.name)
                     continue
             ids.append(tile.id)
             images.append(decoded[tile.id])
@@ -248,23 +249,20 @@ def _index_batch(batch: list[Tile], cols: dict[str, Any], errors: dict[str, str]
                           "label": tile.label, "thumb": str(thumb_path(tile.id)), "sha256": tile.id})
         if not ids:
             continue
-        missing_any = True
         try:
-            store_batch(col, key, ids, images, metas)
+            store_batch(cols[key], key, ids, images, metas)
         except ModelUnavailableError as exc:
             errors[key] = exc.reason
             del cols[key]
             log.warning("default index: %s cannot be loaded (%s); indexing without it", key, exc.reason)
             continue
+        new.update(ids)
         with _LOCK:
             _STATUS.added[key] = _STATUS.added.get(key, 0) + len(ids)
-    counters["failed"] += len(bad)
-    n_ok = len(batch) - len(bad)
+    counters["failed"] += len(failed)
     counters["done"] += len(batch)
-    if missing_any:
-        counters["new"] += n_ok
-    else:
-        counters["already"] += n_ok
+    counters["new"] += len(new)
+    counters["already"] += len(batch) - len(failed) - len(new)
     time.sleep(0)  # bulk work: let request threads have the interpreter between batches
 
 

@@ -144,12 +144,13 @@ def save_thumb(img: Any, sha: str) -> Path:
 
 def store_batch(col: Any, key: str, ids: Sequence[str], images: Sequence[Any],
                 metas: Sequence[dict[str, Any]], progress: Progress | None = None) -> None:
-    """Thumbnails first, then one upsert of the vectors: a stored row always has its thumbnail."""
+    """Encode, then thumbnails, then one upsert of the vectors: a stored row always has its
+    thumbnail, and a model that cannot load leaves no thumbnail behind."""
     from medlab.retrieval.vectorstore import upsert
 
+    vecs = encode_images(key, list(images), progress)
     for sha, img in zip(ids, images):
         save_thumb(img, sha)
-    vecs = encode_images(key, list(images), progress)
     upsert(col, list(ids), vecs, list(metas))
 
 
