@@ -34,6 +34,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"       why: {r.reason}")
         if r.fix and r.status != "ready":
             print(f"       fix: {r.fix}")
+    from medlab.retrieval.default_index import doctor_lines
+
+    for line in doctor_lines():  # the self-building pathology index: source, state, what to do
+        print(line)
     return 0 if all(r.usable for r in rows) else 1
 
 
