@@ -101,7 +101,8 @@ def live_app(tiny_model_env: dict[str, str]) -> Iterator[tuple[str, object]]:
     from gradio_client import Client
 
     with serve_app(tiny_model_env) as url:
-        yield url, Client(url, verbose=False)
+        # A generous read timeout: on a busy 2-core box the first /config can take seconds.
+        yield url, Client(url, verbose=False, httpx_kwargs={"timeout": 120})
 
 
 # -- a local Hugging Face Hub stand-in (tests/hub_standin.py) ------------------------------
