@@ -125,12 +125,14 @@ def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         a = ask(r["question"])
         seconds.append(time.perf_counter() - t0)
         top = a.passages[0].doc if a.passages else None
-        s = per.setdefault(r["split"], {"covered": 0, "answered": 0, "right_note": 0, "decline": 0,
+        s = per.setdefault(r["split"], {"covered": 0, "answered": 0, "right_note": 0, "first_sentence_right_note": 0,
+                                        "decline": 0,
                                         "off_topic_answered": 0, "non_english": 0, "non_english_handled": 0})
         if r["label"] == "covered":
             s["covered"] += 1
             s["answered"] += a.covered
             s["right_note"] += a.covered and top == r["expected"]
+            s["first_sentence_right_note"] += a.covered and _first_sentence_doc(a) == r["expected"]
             if not (a.covered and top == r["expected"]):
                 mistakes.append({"question": r["question"], "expected": r["expected"], "got": top,
                                  "reason": a.reason})
@@ -149,6 +151,14 @@ def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 mistakes.append({"question": r["question"], "expected": r["expected"], "got": top, "reason": a.reason})
     total = {k: sum(s[k] for s in per.values()) for k in next(iter(per.values()))}
     return {"splits": per, "all": total, "mistakes": mistakes, "seconds": seconds}
+
+
+def _first_sentence_doc(answer: Any) -> str | None:
+    """The document the extractive answer's first sentence is quoted from (its [n] tag)."""
+    import re
+
+    m = re.search(r"\[(\d+)\]", answer.answer)
+    return answer.passages[int(m.group(1)) - 1].doc if m else None
 
 
 def rate(n: int, d: int) -> float:
@@ -181,8 +191,10 @@ def run(quick: bool = False) -> Any:
                         a["non_english_handled"] == a["non_english"], "script-based detection"))
     res.tables.append({
         "title": "Per split (calibration half fitted the relevance model; test half held out)",
-        "columns": ["split", "covered answered", "right note", "off-topic answered", "non-English handled"],
+        "columns": ["split", "covered answered", "right note", "first sentence from the right note",
+                    "off-topic answered", "non-English handled"],
         "rows": [[name, f"{s['answered']}/{s['covered']}", f"{s['right_note']}/{s['covered']}",
+                  f"{s['first_sentence_right_note']}/{s['covered']}",
                   f"{s['off_topic_answered']}/{s['decline']}", f"{s['non_english_handled']}/{s['non_english']}"]
                  for name, s in sorted(result["splits"].items())],
     })
