@@ -141,3 +141,16 @@ def test_multilingual_embedder_gets_its_own_store(notes: Path, tmp_path: Path,
     assert multi.name != english.name and multi.count() == english.count() > 0
     assert answer.relevance["method"] == "similarity floor"  # no calibration for this model
     assert assistant.ask("What does the E in ABCDE mean?").embedder == "embedder"
+
+
+def test_ui_heads_a_decline_with_its_reason() -> None:
+    """The assistant panel puts the reason first: not covered, or needs the multilingual model."""
+    import tabs.assistant as ui
+
+    not_covered = assistant.Answer("What causes lung cancer?", False, "The knowledge base does not cover this",
+                                   reason="not_covered")
+    foreign = assistant.Answer(CHINESE, False, "This question is not in English", reason="needs_multilingual")
+    answered = assistant.Answer("q", True, "E is for Evolving [1]", reason="answered")
+    assert ui._answer_markdown(not_covered).startswith("🚫 **Declined — not covered by the notes.**")
+    assert ui._answer_markdown(foreign).startswith("🌐 **Declined — non-English question: this needs the multilingual model.**")
+    assert ui._answer_markdown(answered).startswith("E is for Evolving [1]")
