@@ -83,9 +83,7 @@ def calibrate(rows: list[dict[str, Any]], write: Path | None = None) -> dict[str
     y = np.array([f["label"] == "covered" for f in feats], dtype=int)
     model = LogisticRegression(C=100.0).fit(x, y)
     p = model.predict_proba(x)[:, 1]
-    top_decline = float(p[y == 0].max())
-    above = p[(y == 1) & (p > top_decline)]
-    threshold = (top_decline + float(above.min())) / 2 if above.size else top_decline + 1e-6
+    threshold = separating_threshold(p[y == 1].tolist(), p[y == 0].tolist())
 
     covered = [f for f in feats if f["label"] == "covered"]
     accuracy = {}
@@ -106,11 +104,40 @@ def calibrate(rows: list[dict[str, Any]], write: Path | None = None) -> dict[str
                       "eval_file": str(EVAL_FILE.relative_to(ROOT)),
                       "lexical_grid_top1": {str(k): v for k, v in accuracy.items()}},
     }
+    reranker = _calibrate_reranker(feats, weight)
     if write is not None:
         data = json.loads(write.read_text()) if write.exists() else {"embedders": {}}
         data["embedders"][relevance.embedder_identity(EMBEDDER)] = entry
+        if reranker is not None:
+            data.setdefault("rerankers", {})[relevance.embedder_identity("reranker")] = reranker
         write.write_text(json.dumps(data, indent=1) + "\n")
-    return entry
+    return {**entry, "reranker": reranker}
+
+
+def separating_threshold(keep: list[float], drop: list[float]) -> float:
+    """Midpoint between the highest score that must be dropped and the next score to keep
+    above it (just above the highest dropped one when no kept score is above it)."""
+    top_drop = max(drop)
+    above = [v for v in keep if v > top_drop]
+    return (top_drop + min(above)) / 2 if above else top_drop + 1e-6
+
+
+def _calibrate_reranker(feats: list[dict[str, Any]], weight: float) -> dict[str, Any] | None:
+    """Where the cross-encoder can be loaded (a connected machine): its relevance-logit
+    threshold, from the best reranked passage of each calibration question."""
+    from medlab.retrieval import relevance
+    from medlab.retrieval.assistant import order_passages
+
+    lm = relevance.optional_model("reranker")
+    if lm is None:
+        return None
+    best: dict[str, list[float]] = {"covered": [], "decline": []}
+    for f in feats:
+        terms = relevance.content_terms(f["question"]) if weight else set()
+        texts = [p.text for p in order_passages(f["candidates"], terms, weight)[:4]]
+        best[f["label"]].append(max(relevance.rerank_scores(lm, f["question"], texts)))
+    return {"relevant_logit": round(separating_threshold(best["covered"], best["decline"]), 4),
+            "fitted_on": {"covered": len(best["covered"]), "decline": len(best["decline"])}}
 
 
 def evaluate(rows: list[dict[str, Any]]) -> dict[str, Any]:

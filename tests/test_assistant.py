@@ -154,3 +154,26 @@ def test_ui_heads_a_decline_with_its_reason() -> None:
     assert ui._answer_markdown(not_covered).startswith("🚫 **Declined — not covered by the notes.**")
     assert ui._answer_markdown(foreign).startswith("🌐 **Declined — non-English question: this needs the multilingual model.**")
     assert ui._answer_markdown(answered).startswith("E is for Evolving [1]")
+
+
+def test_separating_threshold_by_hand() -> None:
+    assert assistant_eval.separating_threshold([0.9, 0.7, 0.2], [0.1, 0.5]) == pytest.approx(0.6)
+    assert assistant_eval.separating_threshold([0.3], [0.5]) == pytest.approx(0.5 + 1e-6)
+
+
+def test_reranker_threshold_is_calibrated_where_the_reranker_loads(notes: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a connected machine `--calibrate` also fits the reranker's logit threshold. Here a
+    stand-in scores every covered calibration question 2.0 and every one to decline -3.0, so
+    the threshold is their midpoint, -0.5; ask() then uses it instead of the registry's 0."""
+    rows = assistant_eval.load_rows()
+    decline = {r["question"] for r in rows if r["label"] == "decline"}
+    monkeypatch.setattr(relevance, "optional_model", lambda key, progress=None: object())
+    monkeypatch.setattr(relevance, "rerank_scores",
+                        lambda lm, q, texts: [-3.0 if q in decline else 2.0] * len(texts))
+    out = tmp_path / "calibration.json"
+    fitted = assistant_eval.calibrate(rows, write=out)
+    assert fitted["reranker"]["relevant_logit"] == pytest.approx(-0.5)
+    assert fitted["reranker"]["fitted_on"] == {"covered": 29, "decline": 14}
+    monkeypatch.setattr(relevance, "CALIBRATION_FILE", out)
+    assert assistant.reranker_threshold() == pytest.approx(-0.5)

@@ -32,6 +32,7 @@ from medlab.retrieval.relevance import (
     judge,
     lexical_overlap,
     load_calibration,
+    load_reranker_calibration,
     non_latin_script,
     optional_model,
     rerank_scores,
@@ -173,9 +174,12 @@ def ask(question: str, k: int = 4, floor: float = SIMILARITY_FLOOR, progress: Pr
 
 
 def reranker_threshold() -> float:
+    """The calibrated relevance logit for the configured reranker, else the registry's
+    default (the model's own 50% boundary)."""
     from medlab.core.registry import get_spec
 
-    return float(get_spec(RERANKER).params.get("relevant_logit", 0.0))
+    calibrated = load_reranker_calibration(RERANKER)
+    return calibrated if calibrated is not None else float(get_spec(RERANKER).params.get("relevant_logit", 0.0))
 
 
 def _maybe_generate(answer: Answer, progress: Progress | None) -> None:

@@ -13,7 +13,8 @@ relevance_calibration.json beside this module, with the held-out half's score.
 
 On connected machines a cross-encoder (registry key `reranker`) re-scores the retrieved
 passages against the question; an answer then also needs the reranker to judge its best
-passage relevant, and passages are ordered by the reranker."""
+passage relevant (a logit threshold that --calibrate fits where the model can be loaded, else
+the model's own boundary, 0), and passages are ordered by the reranker."""
 
 from __future__ import annotations
 
@@ -117,6 +118,15 @@ def load_calibration(embedder_key: str, path: Path | None = None) -> Calibration
     return Calibration(embedder_identity(embedder_key), tuple(entry["weights"]), float(entry["bias"]),
                        float(entry["threshold"]), tuple(entry.get("features", ("best_passage", "best_contrast"))),
                        float(entry.get("lexical_weight", 0.0)))
+
+
+def load_reranker_calibration(key: str, path: Path | None = None) -> float | None:
+    """The relevance-logit threshold fitted for this reranker source, if any."""
+    path = path or CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get("rerankers", {}).get(embedder_identity(key))
+    return float(entry["relevant_logit"]) if entry else None
 
 
 def features(qvec: Any, best_passage: float, embedder_key: str) -> tuple[tuple[float, float], str]:
