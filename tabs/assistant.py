@@ -26,7 +26,15 @@ EXAMPLE_QUESTIONS = [
     "Which drugs are used for BRAF-mutant melanoma?",
     "What is a blue-white veil in dermoscopy?",
     "Can the skin classifier in this app diagnose melanoma?",
+    "What causes lung cancer?",  # declined: the notes are about melanoma
+    "黑色素瘤的ABCDE规则是什么？",  # needs the multilingual embedder
 ]
+
+# What the user is told first when the assistant declines (Answer.reason -> heading).
+DECLINE_HEADINGS = {
+    "not_covered": "🚫 **Declined — not covered by the notes.**",
+    "needs_multilingual": "🌐 **Declined — non-English question: this needs the multilingual model.**",
+}
 
 
 def _passages_markdown(answer: Any) -> str:
@@ -45,7 +53,12 @@ def assistant_ask(question: str, progress: gr.Progress = gr.Progress()) -> tuple
     from medlab.retrieval.assistant import ask
 
     answer = ask(question, progress=progress_callback(progress))
-    return answer.markdown(), _passages_markdown(answer), answer.to_dict()
+    return _answer_markdown(answer), _passages_markdown(answer), answer.to_dict()
+
+
+def _answer_markdown(answer: Any) -> str:
+    heading = DECLINE_HEADINGS.get(answer.reason, "")
+    return f"{heading}\n\n{answer.markdown()}" if heading else answer.markdown()
 
 
 @ui_errors
@@ -79,8 +92,9 @@ def build() -> None:
     gr.Markdown(
         "### 🔎 Melanoma knowledge assistant\n"
         "Answers **only** from the app's teaching notes and uploaded PDFs, with citations "
-        "(document, page or section). If the documents do not cover your question it says so "
-        "instead of guessing. Educational use only."
+        "(document, page or section). If the documents do not cover your question (another disease, "
+        "another organ, animals) it declines and says why instead of guessing; questions in other "
+        "languages need the multilingual model. Educational use only."
     )
     question = gr.Textbox(label="Your question", placeholder="What does the E in ABCDE mean?", lines=2)
     ask_btn = gr.Button("Ask", variant="primary")

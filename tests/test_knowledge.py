@@ -6,7 +6,7 @@ ingest counts are exact."""
 from __future__ import annotations
 
 import hashlib
-
+import re
 import shutil
 from pathlib import Path
 
@@ -196,34 +196,43 @@ def test_chroma_host_switches_to_a_server_client(monkeypatch: pytest.MonkeyPatch
     vectorstore.reset_clients()
 
 
-def test_optional_generator_is_shown_only_when_grounded(kb: Path, use_tiny_models: dict[str, str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """MEDLAB_ASSISTANT_GENERATOR=impression runs the (tiny, random) seq2seq model on the passages;
-    its output is withheld unless its words come from the cited passages; off-topic questions
-    never reach the generator."""
-    monkeypatch.setenv(assistant.GENERATOR_ENV, "impression")
-    monkeypatch.setattr(assistant, "GENERATE_MAX_NEW_TOKENS", 12)  # random weights never stop early
-    answer = assistant.ask("What does the E in the ABCDE rule stand for?")
-    assert answer.covered and answer.generator == "impression" and "Evolving" in answer.answer
-    # Random weights write radiology words (the tiny tokenizer's vocabulary) that the ABCDE
-    # passages mostly lack: the answer is withheld, and the support it reports is the share of
-    # its 4+-letter words found in the cited passages, counted here by hand.
-    assert answer.generated is None and answer.withheld
-    source = " ".join(p.text for p in answer.passages).lower()
-    words = [w for w in answer.withheld.lower().split() if len(w) >= 4 and w.isalpha()]
-    support = sum(w in source for w in words) / len(words)
-    assert support < assistant.GROUNDING_MIN
-    assert f"only {support:.0%} of its words" in answer.generator_note
+def test_optional_generator_is_shown_only_when_every_sentence_is_grounded(
+        kb: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDLAB_ASSISTANT_GENERATOR=assistant_generator runs a tiny chat model whose every logit is
+    0, so greedy decoding repeats its token 0: "Evolving." (a word of the cited ABCDE passage:
+    shown) or "Pizza." (in no passage: withheld). Off-topic questions never reach it."""
+    from medlab.core.loaders import reset_cache
+    from tests.tiny_assistant import tiny_instruct_lm
 
+    question = "What does the E in the ABCDE rule stand for?"
+    real_generate = assistant.generate
+    monkeypatch.setenv(assistant.GENERATOR_ENV, "assistant_generator")
+    monkeypatch.setattr(assistant, "GENERATE_MAX_NEW_TOKENS", 4)
+    monkeypatch.setenv("MEDLAB_MODEL_ASSISTANT_GENERATOR", str(tiny_instruct_lm(tmp_path / "lm-ok", "Evolving.")))
+    shown = assistant.ask(question)
+    assert shown.covered and shown.generator == "assistant_generator" and "Evolving" in shown.answer
+    assert re.findall(r"[a-z]+", shown.generated.lower()) == ["evolving"] * 4
+    assert "**Generated answer** (assistant_generator" in shown.markdown()
+
+    monkeypatch.setenv("MEDLAB_MODEL_ASSISTANT_GENERATOR", str(tiny_instruct_lm(tmp_path / "lm-bad", "Pizza.")))
+    reset_cache()
+    withheld = assistant.ask(question)
+    assert withheld.generated is None and re.findall(r"[a-z]+", withheld.withheld.lower()) == ["pizza"] * 4
+    assert "withheld" in withheld.generator_note and "only 0% of its words" in withheld.generator_note
+
+    # One unsupported sentence is enough to withhold an answer (every sentence must be supported).
     calls: list[str] = []
     monkeypatch.setattr(assistant, "generate", lambda key, q, ps, progress=None: calls.append(q) or
-                        "E is for Evolving: the mole is changing in size, shape or colour.")
-    grounded = assistant.ask("What does the E in the ABCDE rule stand for?")
-    assert grounded.generated and "**Generated answer** (impression" in grounded.markdown()
-    monkeypatch.setattr(assistant, "generate", lambda key, q, ps, progress=None: "Pizza margherita was invented in 1889.")
-    assert assistant.ask("What does the E in the ABCDE rule stand for?").generated is None
+                        "E is for Evolving: the mole is changing in size, shape or colour. "
+                        "Pizza margherita was invented in Naples in 1889.")
+    mixed = assistant.ask(question)
+    assert mixed.generated is None and "Pizza" in mixed.withheld
     declined = assistant.ask("Where can I get the best pizza in Naples?")
     assert not declined.covered and declined.generator is None and len(calls) == 1
+
+    monkeypatch.setenv(assistant.GENERATOR_ENV, "impression")  # a seq2seq summariser, not a chat model
+    monkeypatch.setattr(assistant, "generate", real_generate)
+    assert "not a chat model" in assistant.ask(question).generator_note
 
 
 def test_identical_documents_both_stay_and_a_second_ingest_embeds_nothing(kb: Path,

@@ -1,36 +1,53 @@
-"""The grounded melanoma assistant: answer only from the knowledge base, with citations, or
-decline.
+"""The grounded melanoma assistant: answer a question from the knowledge base, with
+citations, or decline and say why.
 
-Answers: the best passages with (document, page/section) citations and an extractive answer
-made of the passages' sentences closest to the question. When the best passage is below a
-similarity floor the assistant says the knowledge base does not cover the question; it never
-answers from a model's own memory."""
+1. Language: a question written in a script the English embedder cannot read (Chinese,
+   Cyrillic, ...) is embedded with the multilingual embedder (`embedder_multilingual`) and
+   matched against the English notes; without that model it is declined with the fix.
+2. Retrieval: the closest chunks, re-ordered by cosine similarity plus a calibrated weight on
+   the words question and passage share (medlab.retrieval.relevance).
+3. Relevance: a calibrated topic check (and, when it can be loaded, a cross-encoder) decides
+   whether the notes are about what is asked; if not, the assistant declines.
+4. Answer: the passages' sentences that best answer the question (question-driven, so the
+   first sentence addresses it), each with its [n] citation; optionally a generated answer
+   shown only when every sentence is supported by a cited passage (medlab.retrieval.generator).
+It never answers from a model's own memory."""
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medlab.core.errors import InputError, MedlabError
+from medlab.retrieval import generator as _generator
 from medlab.retrieval.documents import split_sentences
-from medlab.retrieval.knowledge_store import Passage, Progress, embed, ensure_ingested, retrieve
+from medlab.retrieval.generator import GENERATOR_ENV, GROUNDING_MIN, grounding
+from medlab.retrieval.knowledge_store import EMBEDDER, Passage, Progress, embed, ensure_ingested, retrieve
+from medlab.retrieval.relevance import (
+    Relevance,
+    content_terms,
+    judge,
+    lexical_overlap,
+    load_calibration,
+    load_reranker_calibration,
+    non_latin_script,
+    optional_model,
+    rerank_scores,
+    unavailable_reason,
+)
 
-# Cosine similarity (all-MiniLM-L6-v2, normalised) below which the best passage counts as
-# "not about this". Calibrated on the shipped corpus with the real model: 11 on-topic
-# questions scored 0.34-0.74 on their best passage; 10 off-topic ones scored 0.03-0.23
-# ("best pizza in Naples" 0.03, "how do I treat a broken leg" 0.23). See README.
+MULTILINGUAL = "embedder_multilingual"
+RERANKER = "reranker"
+# Cosine similarity below which, without a calibration for the embedder in use, the best
+# passage counts as "not about this"; passages cited beside the best one must reach it too.
 SIMILARITY_FLOOR = 0.30
-# Optional generated answer: the registry key of a seq2seq model (e.g. "impression", FLAN-T5)
-# that rewrites the retrieved passages into an answer. Off by default: the extractive answer
-# cannot invent anything; a generator can, so its output is shown only when most of its words
-# occur in the cited passages (GROUNDING_MIN).
-GENERATOR_ENV = "MEDLAB_ASSISTANT_GENERATOR"
-GROUNDING_MIN = 0.7
-GENERATE_MAX_NEW_TOKENS = 96
+CANDIDATES = 8  # chunks fetched before re-ordering; the best k are kept
+GENERATE_MAX_NEW_TOKENS = _generator.GENERATE_MAX_NEW_TOKENS
+
+ANSWERED, NOT_COVERED, NEEDS_MULTILINGUAL = "answered", "not_covered", "needs_multilingual"
 
 
 @dataclass
@@ -45,6 +62,9 @@ class Answer:
     generator: str | None = None
     generator_note: str = ""
     withheld: str | None = None  # a generated answer that failed the grounding check (for audit)
+    reason: str = ANSWERED  # answered | not_covered | needs_multilingual
+    embedder: str = EMBEDDER
+    relevance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,103 +91,154 @@ class Answer:
         return "\n".join(lines)
 
 
+def _needs_multilingual(question: str, script: str) -> Answer:
+    why = unavailable_reason(MULTILINGUAL)
+    msg = (
+        f"**This question is not in English** ({script} script). The notes are in English and the "
+        "English embedder available here cannot match questions in other languages, so I will not "
+        "guess. Non-English questions need the multilingual embedder (`embedder_multilingual`, "
+        "paraphrase-multilingual-MiniLM-L12-v2): run `python -m medlab download embedder_multilingual` "
+        "on a connected machine, or set `MEDLAB_MODEL_EMBEDDER_MULTILINGUAL` to a local copy. "
+        "Meanwhile, please ask in English." + (f"\n\n*Why it is missing: {why}*" if why else "")
+    )
+    return Answer(question, False, msg, reason=NEEDS_MULTILINGUAL)
+
+
+def _not_covered(question: str, rel: Relevance, embedder_key: str) -> Answer:
+    if rel.method.endswith("reranker"):  # the topic check passed; the reranker said no
+        why = f"the reranker found no passage that answers it (best relevance logit {rel.reranker_score:.1f})"
+    elif rel.best_contrast > rel.best_passage:
+        why = f"it reads as a question about **{rel.contrast_topic}**, which the notes do not cover"
+    else:
+        why = f"no passage is close enough to it (best passage similarity {rel.best_passage:.2f})"
+    msg = (
+        f"**The knowledge base does not cover this question**, so I will not answer it: {why}. "
+        "I only answer from the documents in the knowledge base — ask about melanoma in people "
+        "(ABCDE rule, risk factors, dermoscopy, staging, treatment, prevention) or what this "
+        "app's models can do."
+    )
+    return Answer(question, False, msg, [], rel.best_passage, reason=NOT_COVERED, embedder=embedder_key,
+                  relevance=asdict(rel))
+
+
+def order_passages(passages: list[Passage], question_terms: set[str], weight: float) -> list[Passage]:
+    """Passages by cosine similarity plus `weight` x the share of the question's words they
+    contain (title and section included: they name the topic)."""
+    if not weight or not question_terms:
+        return sorted(passages, key=lambda p: -p.score)
+    key = {id(p): p.score + weight * lexical_overlap(question_terms, f"{p.title} {p.section} {p.text}")
+           for p in passages}
+    return sorted(passages, key=lambda p: -key[id(p)])
+
+
 def ask(question: str, k: int = 4, floor: float = SIMILARITY_FLOOR, progress: Progress | None = None) -> Answer:
-    """A grounded answer: the best passages with citations and an extractive answer, or a
-    clear statement that the knowledge base does not cover the question."""
+    """A grounded answer with citations, or a clear statement of why there is none."""
     question = (question or "").strip()
     if not question:
         raise InputError("Type a question about melanoma first.")
     if len(question) > 1000:
         raise InputError("The question is too long (over 1000 characters); ask one thing at a time.")
-    ensure_ingested(progress)
-    qvec = embed([question], progress)[0]  # embedded once, for retrieval and sentence ranking
-    passages = retrieve(question, k=k, progress=progress, qvec=qvec)
-    best = passages[0].score if passages else 0.0
-    if not passages or best < floor:
-        msg = (
-            "**The knowledge base does not cover this question**, so I will not answer it "
-            f"(best passage similarity {best:.2f} < floor {floor:.2f}). I only answer from the "
-            "documents in the knowledge base — ask about melanoma (ABCDE rule, risk factors, "
-            "dermoscopy, staging, treatment, prevention) or what this app's models can do."
-        )
-        return Answer(question, False, msg, [], best, floor)
-    kept = [p for p in passages if p.score >= floor]
-    answer = Answer(question, True, _extractive(qvec, kept), kept, best, floor)
-    key = os.environ.get(GENERATOR_ENV, "").strip()
-    if key:
-        answer.generator = key
-        try:
-            text = generate(key, question, kept, progress)
-        except MedlabError as exc:  # the extractive answer stands on its own
-            answer.generator_note = f"No generated answer: {exc}"
-        else:
-            support = grounding(text, kept)
-            if text and support >= GROUNDING_MIN:
-                answer.generated = text
-            else:
-                answer.withheld = text
-                answer.generator_note = (
-                    f"The generated answer was withheld: only {support:.0%} of its words occur in the "
-                    f"cited passages (needs {GROUNDING_MIN:.0%})."
-                )
+    script = non_latin_script(question)
+    embedder_key = EMBEDDER
+    if script:
+        if optional_model(MULTILINGUAL, progress) is None:
+            return _needs_multilingual(question, script)
+        embedder_key = MULTILINGUAL
+    ensure_ingested(progress, embedder_key)
+    qvec = embed([question], progress, embedder_key)[0]  # once: retrieval, relevance, sentences
+    candidates = retrieve(question, k=max(k, CANDIDATES), progress=progress, qvec=qvec, embedder_key=embedder_key)
+    calibration = load_calibration(embedder_key)
+    weight = calibration.lexical_weight if calibration is not None and not script else 0.0
+    terms = content_terms(question) if weight else set()
+    ranked = order_passages(candidates, terms, weight)[:k]
+    best = max((p.score for p in candidates), default=0.0)
+    if not ranked:
+        return _not_covered(question, Relevance(False, 0.0, 0.0, 0.0, "", "empty knowledge base"), embedder_key)
+    rel = judge(qvec, best, embedder_key, floor, calibration)
+    if rel.covered:
+        reranker = optional_model(RERANKER, progress)
+        if reranker is not None:
+            scores = rerank_scores(reranker, question, [p.text for p in ranked])
+            ranked = [p for _, p in sorted(zip(scores, ranked, strict=True), key=lambda sp: -sp[0])]
+            rel.reranker_score = max(scores)
+            rel.method += " + reranker"
+            rel.covered = rel.reranker_score >= float(reranker_threshold())
+    if not rel.covered:
+        return _not_covered(question, rel, embedder_key)
+    kept = ranked[:1] + [p for p in ranked[1:] if p.score >= floor]
+    text = _extractive(qvec, kept, embedder_key, terms, weight)
+    answer = Answer(question, True, text, kept, best, floor, reason=ANSWERED, embedder=embedder_key,
+                    relevance=asdict(rel))
+    _maybe_generate(answer, progress)
     return answer
 
 
+def reranker_threshold() -> float:
+    """The calibrated relevance logit for the configured reranker, else the registry's
+    default (the model's own 50% boundary)."""
+    from medlab.core.registry import get_spec
+
+    calibrated = load_reranker_calibration(RERANKER)
+    return calibrated if calibrated is not None else float(get_spec(RERANKER).params.get("relevant_logit", 0.0))
+
+
+def _maybe_generate(answer: Answer, progress: Progress | None) -> None:
+    key = os.environ.get(GENERATOR_ENV, "").strip()
+    if not key:
+        return
+    answer.generator = key
+    try:
+        text = generate(key, answer.question, answer.passages, progress)
+    except MedlabError as exc:  # the extractive answer stands on its own
+        answer.generator_note = f"No generated answer: {exc}"
+        return
+    support = grounding(text, answer.passages)
+    if text and support >= GROUNDING_MIN:
+        answer.generated = text
+    else:
+        answer.withheld = text
+        answer.generator_note = (
+            f"The generated answer was withheld: its least supported sentence has only {support:.0%} of "
+            f"its words in a cited passage (every sentence needs {GROUNDING_MIN:.0%})."
+        )
+
+
 def generate(key: str, question: str, passages: list[Passage], progress: Progress | None = None) -> str:
-    """A seq2seq model's answer written from the passages only (prompted to stay inside them)."""
-    import torch
-
-    from medlab.core.loaders import get_model
-
-    lm = get_model(key, progress)
-    context = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages[:3], 1))
-    prompt = (
-        "Answer the question using only the context. If the context does not contain the answer, "
-        f"say that the documents do not say.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
-    )
-    enc = lm.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=512).to(lm.device)
-    with torch.inference_mode():
-        out = lm.model.generate(**enc, max_new_tokens=GENERATE_MAX_NEW_TOKENS, num_beams=2, do_sample=False)
-    return lm.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+    return _generator.generate(key, question, passages, progress, max_new_tokens=GENERATE_MAX_NEW_TOKENS)
 
 
-def grounding(text: str, passages: list[Passage]) -> float:
-    """Share of the generated text's content words (4+ letters) that occur in the passages."""
-    words = re.findall(r"[a-z]{4,}", (text or "").lower())
-    if not words:
-        return 0.0
-    source = " ".join(p.text for p in passages).lower()
-    return sum(w in source for w in words) / len(words)
-
-
-_SENTENCE_CACHE: OrderedDict[str, Any] = OrderedDict()
+_SENTENCE_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
 _SENTENCE_CACHE_MAX = 4096
 _SENTENCE_LOCK = threading.Lock()
 
 
-def _sentence_vectors(sentences: list[str]) -> Any:
+def _sentence_vectors(sentences: list[str], embedder_key: str = EMBEDDER) -> Any:
     """Embeddings of passage sentences, memoised: the same top passages come back for many
     questions, and re-embedding their sentences dominated the cost of ask()."""
     import numpy as np
 
+    keys = [(embedder_key, s) for s in sentences]
     with _SENTENCE_LOCK:
-        missing = [s for s in sentences if s not in _SENTENCE_CACHE]
+        missing = [k for k in keys if k not in _SENTENCE_CACHE]
     if missing:
-        fresh = embed(missing)
+        fresh = embed([s for _, s in missing], embedder_key=embedder_key)
         with _SENTENCE_LOCK:
-            for s, v in zip(missing, fresh, strict=True):
-                _SENTENCE_CACHE[s] = v
+            for key, v in zip(missing, fresh, strict=True):
+                _SENTENCE_CACHE[key] = v
             while len(_SENTENCE_CACHE) > _SENTENCE_CACHE_MAX:
                 _SENTENCE_CACHE.popitem(last=False)
     with _SENTENCE_LOCK:
-        vectors = [_SENTENCE_CACHE.get(s) for s in sentences]
+        vectors = [_SENTENCE_CACHE.get(k) for k in keys]
     if any(v is None for v in vectors):  # evicted meanwhile by another thread: embed directly
-        return embed(sentences)
+        return embed(sentences, embedder_key=embedder_key)
     return np.stack(vectors)
 
 
-def _extractive(qvec: Any, passages: list[Passage], max_sentences: int = 3) -> str:
-    """The passages' sentences closest to the question vector, each with its [n] citation."""
+def _extractive(qvec: Any, passages: list[Passage], embedder_key: str = EMBEDDER,
+                question_terms: set[str] | None = None, weight: float = 0.0, max_sentences: int = 3) -> str:
+    """The passages' sentences that best answer the question, best first, each with its [n]
+    citation. A sentence's score is its similarity to the question plus `weight` x the share of
+    the question's words it contains, so the first sentence is the one about what was asked."""
     import numpy as np
 
     cands: list[tuple[str, int]] = []
@@ -179,9 +250,10 @@ def _extractive(qvec: Any, passages: list[Passage], max_sentences: int = 3) -> s
         return passages[0].text
     seen: set[str] = set()
     uniq = [(s, i) for s, i in cands if not (s in seen or seen.add(s))]
-    vecs = _sentence_vectors([s for s, _ in uniq])
-    scores = vecs @ qvec
+    scores = _sentence_vectors([s for s, _ in uniq], embedder_key) @ qvec
+    if weight and question_terms:
+        scores = scores + weight * np.array([lexical_overlap(question_terms, s) for s, _ in uniq])
     order = np.argsort(-scores)
     best = float(scores[order[0]])
-    picked = [uniq[j] + (float(scores[j]),) for j in order[:max_sentences] if scores[j] >= best - 0.15]
-    return " ".join(f"{s} [{i}]" for s, i, _ in picked)
+    picked = [uniq[j] for j in order[:max_sentences] if scores[j] >= best - 0.15]
+    return " ".join(f"{s} [{i}]" for s, i in picked)

@@ -10,7 +10,7 @@ from pathlib import Path
 from medlab.core.config import load_settings
 from medlab.core.errors import InputError, UnsupportedFileError
 from medlab.retrieval.documents import UploadRejectedError, pdf_pages, uploads_dir
-from medlab.retrieval.knowledge_store import IngestReport, Progress, ensure_ingested, ingest
+from medlab.retrieval.knowledge_store import IngestReport, Progress, ensure_ingested, ingest, reset_ready
 from medlab.retrieval.vectorstore import file_sha256
 
 MIN_PDF_TEXT_CHARS = 20
@@ -53,7 +53,7 @@ def add_document(path: str | Path, original_name: str | None = None,
     for existing in target_dir.glob("*.pdf"):
         if file_sha256(existing) == digest:  # the same bytes are already in the knowledge base
             doc = f"uploads/{existing.name}"
-            return doc, ingest(progress=progress, only={doc})
+            return doc, _ingest_upload(doc, progress)
     target = target_dir / _safe_name(name)
     if target.exists():
         target = target.with_name(f"{target.stem}-{digest[:8]}.pdf")
@@ -61,4 +61,11 @@ def add_document(path: str | Path, original_name: str | None = None,
     shutil.copyfile(src, tmp)
     tmp.replace(target)  # atomic: a crash never leaves a half-written PDF that ingest would read
     doc = f"uploads/{target.name}"
-    return doc, ingest(progress=progress, only={doc})
+    return doc, _ingest_upload(doc, progress)
+
+
+def _ingest_upload(doc: str, progress: Progress | None) -> IngestReport:
+    report = ingest(progress=progress, only={doc})
+    # Stores of other embedders (the multilingual one) catch up at their next use.
+    reset_ready()
+    return report
