@@ -154,6 +154,10 @@ def test_estimates_follow_dtype_and_4bit(monkeypatch: pytest.MonkeyPatch) -> Non
 
     for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_REVISION_CAPTIONER"):
         monkeypatch.delenv(var, raising=False)
+    from medlab.core import registry
+
+    # a GPU machine: the 11B captioner is the default there (DEFAULT_BY_DEVICE)
+    monkeypatch.setattr(registry, "cuda_expected", lambda settings=None: True)
     params = 22.0 * 1024**3 / 2  # bf16 -> parameters
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
