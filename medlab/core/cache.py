@@ -121,6 +121,7 @@ class ModelCache:
         self._cond = threading.Condition(self._lock)  # signalled when memory or a lease is released
         self._key_locks: dict[str, threading.Lock] = {}
         self._reserved: dict[str, tuple[str, int]] = {}  # loads in flight: key -> (device, estimate)
+        self._waiting_for: dict[int, str] = {}  # thread id -> key whose load it waits for
         self._freeing: dict[str, int] = {}  # device -> bytes evicted but not yet collected
         self._peak: dict[str, int] = {}
         self._devices: set[str] = {normalize_device(d) for d in devices}
@@ -232,7 +233,13 @@ class ModelCache:
             if entry is not None:
                 return entry
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
+            self._waiting_for[threading.get_ident()] = key
+        try:
+            key_lock.acquire()
+        finally:
+            with self._lock:
+                self._waiting_for.pop(threading.get_ident(), None)
+        with _Held(key_lock):
             # Another thread may have finished loading while we waited: single flight.
             with self._lock:
                 entry = self._hit_locked(key, lease)
@@ -322,8 +329,11 @@ class ModelCache:
                 victim = next((k for k, e in self._entries.items()
                                if e.device == device and not e.leases and k != key), None)
                 if victim is None:
+                    # Leases that can end: held by other threads that are not themselves waiting
+                    # for this very load (they would wait for us while we wait for them).
                     others = (
-                        any(e.device == device and any(t != me for t in e.leases) for e in self._entries.values())
+                        any(e.device == device and any(t != me and self._waiting_for.get(t) != key for t in e.leases)
+                            for e in self._entries.values())
                         or any(d == device for k, (d, _) in self._reserved.items() if k != key)
                         or self._freeing.get(device, 0) > 0
                     )
@@ -406,6 +416,19 @@ class ModelCache:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class _Held:
+    """Releases an already acquired lock at the end of a with block."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 def _torch_cuda_stats(device: str) -> dict[str, Any]:
