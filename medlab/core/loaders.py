@@ -18,7 +18,7 @@ from typing import Any
 from medlab.core.cache import ModelCache, normalize_device
 from medlab.core.config import cuda_expected, load_settings, resolve_device
 from medlab.core.errors import InsufficientMemoryError, ModelUnavailableError
-from medlab.core.load_errors import fix_hint, translate_load_errors
+from medlab.core.load_errors import translate_load_errors  # re-exported: generation imports it from here
 from medlab.core.progress import Progress
 from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
 from medlab.core.weights import (
