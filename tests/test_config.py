@@ -151,7 +151,7 @@ def test_estimates_follow_dtype_and_4bit(monkeypatch: pytest.MonkeyPatch) -> Non
 
     from medlab.core import loaders
 
-    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_REVISION_CAPTIONER"):
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_REVISION_CAPTIONER", "MEDLAB_MODEL_PLIP", "MEDLAB_REVISION_PLIP"):
         monkeypatch.delenv(var, raising=False)
     params = 22.0 * 1024**3 / 2  # bf16 -> parameters
     real_find_spec = importlib.util.find_spec
