@@ -24,7 +24,6 @@ from medlab.generation.impression import (
     ImpressionUpdate,
 )
 from medlab.generation.metrics import ROUGE_TYPES
-from medlab.core.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
 from tabs.common import GpuDuration, Lane, lines_in_file, model_event
 
@@ -69,7 +68,6 @@ def _notes_markdown(update: ImpressionUpdate) -> str:
 
 
 @ui_errors
-@gpu(duration=60)  # ZeroGPU only; a no-op elsewhere
 def impression(
     findings: str,
     reference: str = "",
@@ -86,7 +84,6 @@ def impression(
 
 
 @ui_errors
-@gpu(duration=300)
 def impression_batch(
     file: str | None,
     num_beams: int = DEFAULT_BEAMS,
