@@ -25,7 +25,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
+    gpu = settings.gpu_memory_budget_gb
     print(f"device={settings.device}  memory budget={settings.memory_budget_bytes() / 2**30:.1f} GB  "
+          f"GPU budget={'free memory at start' if gpu is None else f'{gpu:g} GB'}  "
           f"data dir={settings.data_dir}  hub={'offline' if hub_offline() else 'online' if hub_reachable() else 'unreachable'}")
     for r in rows:
         mark = {"ready": "ok", "loaded": "ok", "downloadable": "..", "unavailable": "!!"}[r.status]
@@ -67,7 +69,10 @@ def cmd_download(args: argparse.Namespace) -> int:
             continue
         print(f"[get ] {key}: {source.location} ({get_spec(key).memory_gb:g} GB)")
         try:
-            path = fetch_snapshot(source)
+            tty = sys.stdout.isatty()
+            path = fetch_snapshot(source, _console_progress() if tty else None)
+            if tty:
+                print()  # end the progress line
             require_weights(source, path)
         except Exception as exc:  # noqa: BLE001 - report and carry on with the other keys
             failed += 1
@@ -78,6 +83,13 @@ def cmd_download(args: argparse.Namespace) -> int:
             continue
         print(f"[ ok ] {key}: {path}")
     return 1 if failed else 0
+
+
+def _console_progress():  # type: ignore[no-untyped-def]
+    def report(fraction: float, message: str) -> None:  # noqa: ARG001 - the message carries the MB
+        print(f"\r       {message}", end="", flush=True)
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from medlab.generation.impression import (
 )
 from medlab.generation.impression_batch import MAX_BATCH_ROWS, ROW_HEADERS, SUMMARY_HEADERS
 from medlab.generation.metrics import ROUGE_TYPES
-from medlab.core.zerogpu import gpu
 from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
 from tabs.common import GpuDuration, Lane, lines_in_file, model_event
 
@@ -68,7 +67,6 @@ def _notes_markdown(update: ImpressionUpdate) -> str:
 
 
 @ui_errors
-@gpu(duration=60)  # ZeroGPU only; a no-op elsewhere
 def impression(
     findings: str,
     reference: str = "",
@@ -85,7 +83,6 @@ def impression(
 
 
 @ui_errors
-@gpu(duration=300)
 def impression_batch(
     file: str | None,
     num_beams: int = DEFAULT_BEAMS,

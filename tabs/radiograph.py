@@ -19,7 +19,6 @@ from medlab.generation.caption_settings import (
     CaptionSettings,
 )
 from medlab.generation.captioner_adapter import ADAPTER_KEY, CAPTIONER_KEY
-from medlab.core.zerogpu import gpu
 from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
 from tabs.common import GpuDuration, model_event
 
@@ -73,7 +72,6 @@ def _backend_markdown() -> str:
 
 
 @ui_errors
-@gpu(duration=120)  # ZeroGPU only; a no-op elsewhere
 def radiograph_caption(
     image: str | None,
     instruction: str = DEFAULT_INSTRUCTION,
@@ -91,7 +89,6 @@ def radiograph_caption(
 
 
 @ui_errors
-@gpu(duration=180)
 def compare_adapter(
     image: str | None,
     instruction: str = DEFAULT_INSTRUCTION,

@@ -343,3 +343,43 @@ def test_use_model_holds_a_lease_on_the_process_cache(use_tiny_models) -> None:
         assert get_cache().evict("skin") is False  # in use: kept
     assert get_cache().stats()["models"]["skin"]["leases"] == 0
     assert get_cache().evict("skin") is True
+
+
+def test_two_requests_waiting_on_each_other_fail_fast_instead_of_deadlocking() -> None:
+    """B holds a lease on `a` and asks for `b`, whose load (by A) waits for room that only
+    B's lease could free: A must not wait out the whole timeout."""
+    sizes = {"a": ("cpu", 6 * MB), "b": ("cpu", 6 * MB)}
+    cache, _, _ = tracked_cache(sizes, {"cpu": 10 * MB}, delay=0.0, wait_timeout=60)
+    holding, go = threading.Event(), threading.Event()
+    errors: dict[str, BaseException] = {}
+
+    def b_thread() -> None:
+        try:
+            with cache.use("a"):
+                holding.set()
+                go.wait(10)
+                with cache.use("b"):
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertions
+            errors["B"] = exc
+
+    def a_thread() -> None:
+        try:
+            with cache.use("b"):
+                pass
+        except BaseException as exc:  # noqa: BLE001
+            errors["A"] = exc
+
+    start = time.perf_counter()
+    tb = threading.Thread(target=b_thread)
+    tb.start()
+    holding.wait(5)
+    ta = threading.Thread(target=a_thread)
+    ta.start()
+    time.sleep(0.3)  # A now loads b and waits for room
+    go.set()
+    ta.join(20)
+    tb.join(20)
+    assert time.perf_counter() - start < 10
+    assert isinstance(errors.get("A"), InsufficientMemoryError)
+    assert isinstance(errors.get("B"), InsufficientMemoryError)

@@ -152,7 +152,7 @@ def test_estimates_follow_dtype_and_4bit(monkeypatch: pytest.MonkeyPatch) -> Non
 
     from medlab.core import loaders
 
-    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_REVISION_CAPTIONER"):
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_REVISION_CAPTIONER", "MEDLAB_MODEL_PLIP", "MEDLAB_REVISION_PLIP"):
         monkeypatch.delenv(var, raising=False)
     from medlab.core import registry
 
@@ -183,3 +183,28 @@ def test_local_estimate_reads_the_safetensors_header(tmp_path) -> None:
     assert (summary.numel, summary.stored_bytes, set(summary.names)) == (300, 1240, {"w", "ids"})
     assert planned_bytes(summary.stored_bytes, summary.numel, "bfloat16", False) == 600
     assert planned_bytes(summary.stored_bytes, summary.numel, None, False) == 1240
+
+
+def test_each_device_has_its_own_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU models are held to a GPU budget (not 60% of system RAM): MEDLAB_GPU_MEMORY_BUDGET_GB,
+    else the device's free memory at start (torch.cuda.mem_get_info) minus headroom, else on
+    ZeroGPU before a GPU is attached its documented 70 GB."""
+    import torch
+
+    from medlab.core import config
+    from medlab.core.loaders import device_budget
+
+    monkeypatch.setenv("MEDLAB_MEMORY_BUDGET_GB", "3")
+    monkeypatch.setenv("MEDLAB_GPU_MEMORY_BUDGET_GB", "7.5")
+    assert device_budget("cpu") == 3 * 1024**3
+    assert device_budget("cuda:0") == int(7.5 * 1024**3)
+    monkeypatch.delenv("MEDLAB_GPU_MEMORY_BUDGET_GB")
+    monkeypatch.setattr(config, "_gpu_budgets", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 1024**3, 80 * 1024**3))
+    assert device_budget("cuda:0") == int(10 * 1024**3 * config.GPU_WEIGHT_FRACTION)
+    monkeypatch.setattr(config, "_gpu_budgets", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_budget("cuda:0") is None  # unknown: the cache accounts but does not refuse
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    assert device_budget("cuda:0") == int(70 * config.GPU_WEIGHT_FRACTION * 1024**3)

@@ -73,3 +73,55 @@ def test_failed_load_in_the_cycle_leaves_cache_usable(three_models, use_tiny_mod
     assert get_model("lung_ct").model is not None
     monkeypatch.setenv("MEDLAB_MODEL_IMPRESSION", good)  # repaired: the retry succeeds
     assert get_model("impression").model is not None
+
+
+def test_concurrent_cold_requests_never_exceed_a_budget_that_fits_one(use_tiny_models, monkeypatch) -> None:
+    """Real loaders, two tiny models, a budget that fits one of them: 6 threads lease both
+    keys at once, repeatedly. The bytes of model objects alive at any moment (counted outside
+    the cache, from construction until they are freed) never exceed the budget."""
+    import threading
+    import weakref
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medlab.core import loaders
+
+    sizes = {}
+    for key in ("skin", "lung_ct"):
+        sizes[key] = measure_bytes(loaders.get_model(key))
+    loaders.reset_cache()
+    budget = max(sizes.values()) + min(sizes.values()) // 2  # fits one, never both
+    monkeypatch.setenv("MEDLAB_MEMORY_BUDGET_GB", str(budget / 2**30))
+    lock = threading.Lock()
+    live = {"now": 0, "peak": 0}
+
+    def add(n: int) -> None:
+        with lock:
+            live["now"] += n
+            live["peak"] = max(live["peak"], live["now"])
+
+    real_load = loaders.load_model
+
+    def counted_load(key, progress):
+        value = real_load(key, progress)
+        n = measure_bytes(value)
+        add(n)
+        weakref.finalize(value.model, add, -n)
+        return value
+
+    monkeypatch.setattr(loaders, "load_model", counted_load)
+    barrier = threading.Barrier(6)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        for j in range(3):
+            key = ("skin", "lung_ct")[(i + j) % 2]
+            with loaders.use_model(key) as loaded:
+                assert loaded.model is not None
+                del loaded
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(worker, range(6)))
+    stats = loaders.get_cache().stats()
+    assert live["peak"] <= budget, f"high-water {live['peak']} B over the budget {budget} B"
+    assert stats["devices"]["cpu"]["peak_bytes"] <= budget
+    assert stats["loads"] >= 2

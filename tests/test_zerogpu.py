@@ -22,10 +22,13 @@ import functools, inspect, sys
 
 TORCH_LOADED_AT_IMPORT = "torch" in sys.modules
 WRAPPED = []
+DOUBLE = []  # functions wrapped twice (a GPU call inside a GPU call)
 
 
 def GPU(task=None, duration=60):
     def decorate(fn):
+        if getattr(fn, "fake_spaces_duration", None) is not None:
+            DOUBLE.append(fn.__name__)
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def wrapper(*args, **kwargs):
@@ -72,6 +75,7 @@ PROBE = textwrap.dedent('''
         "index_none": d("pathology_index")(None, "", ["plip"]),
     }
     print("PROBE" + json.dumps({"spaces_imported": spaces is not None,
+                                "double": getattr(spaces, "DOUBLE", []),
                                 "torch_before_spaces": getattr(spaces, "TORCH_LOADED_AT_IMPORT", None),
                                 "torch_after_build": "torch" in sys.modules,
                                 "events": events, "sizes": sizes}))
@@ -100,6 +104,7 @@ def test_on_zero_gpu_spaces_comes_first_and_every_model_event_is_wrapped(tmp_pat
     assert len(model_events) >= 14
     unwrapped = sorted(n for n in model_events if not events[n]["wrapped"])
     assert not unwrapped, f"model events outside spaces.GPU: {unwrapped}"
+    assert out["double"] == [], f"wrapped twice: {out['double']}"
     assert not any(e["wrapped"] for e in events.values() if not e["lane"])  # nothing else holds a GPU
     # Durations fit the work: fixed seconds for quick forwards, callables for streams and batches.
     assert events["skin_classify"]["fixed"] == 20 and events["pathology_search"]["fixed"] == 20

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medlab.core.errors import InsufficientMemoryError, MedlabError
+from medlab.core.memory import measure_bytes, normalize_device, torch_cuda_stats
 from medlab.core.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -37,55 +38,6 @@ LoadFn = Callable[[str, Progress], Any]
 EstimateFn = Callable[[str], "int | tuple[str, int]"]
 # budget: bytes for every device, or budget(device) -> bytes (None: not known yet)
 BudgetFn = Callable[[str], "int | None"]
-
-
-def normalize_device(device: Any) -> str:
-    """'cuda' -> 'cuda:0' (torch's default device index), other names unchanged."""
-    text = str(device or "cpu")
-    return "cuda:0" if text == "cuda" else text
-
-
-def measure_bytes(obj: Any) -> int:
-    """Real bytes held by the torch parameters and buffers reachable from `obj`.
-
-    Looks at `obj` itself and, for bundles, at the attributes `model`, `modules` and
-    `extras`. Shared storages are counted once. Objects without tensors count as 0."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return int(getattr(obj, "nbytes", 0) or 0)
-    seen: set[int] = set()
-    total = 0
-
-    def add_module(module: Any) -> None:
-        nonlocal total
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            try:
-                ptr = tensor.untyped_storage().data_ptr()
-            except (RuntimeError, NotImplementedError):
-                ptr = id(tensor)
-            if ptr in seen:
-                continue
-            seen.add(ptr)
-            total += tensor.numel() * tensor.element_size()
-
-    def visit(candidate: Any, depth: int = 0) -> None:
-        if candidate is None or depth > 2:
-            return
-        if isinstance(candidate, torch.nn.Module):
-            add_module(candidate)
-        elif isinstance(candidate, dict):
-            for value in candidate.values():
-                visit(value, depth + 1)
-        elif isinstance(candidate, (list, tuple)):
-            for value in candidate:
-                visit(value, depth + 1)
-        else:
-            for attr in ("model", "modules", "extras"):
-                if hasattr(candidate, attr):
-                    visit(getattr(candidate, attr), depth + 1)
-
-    visit(obj)
-    return total
 
 
 @dataclass
@@ -121,6 +73,7 @@ class ModelCache:
         self._cond = threading.Condition(self._lock)  # signalled when memory or a lease is released
         self._key_locks: dict[str, threading.Lock] = {}
         self._reserved: dict[str, tuple[str, int]] = {}  # loads in flight: key -> (device, estimate)
+        self._waiting_for: dict[int, str] = {}  # thread id -> key whose load it waits for
         self._freeing: dict[str, int] = {}  # device -> bytes evicted but not yet collected
         self._peak: dict[str, int] = {}
         self._devices: set[str] = {normalize_device(d) for d in devices}
@@ -208,7 +161,7 @@ class ModelCache:
                     "used_gb": round(used / 2**30, 3),
                     "peak_gb": round(self._peak.get(device, 0) / 2**30, 3),
                     "models": [k for k, e in self._entries.items() if e.device == device],
-                    **_torch_cuda_stats(device),
+                    **torch_cuda_stats(device),
                 }
             return {
                 "loaded": list(self._entries),
@@ -232,7 +185,13 @@ class ModelCache:
             if entry is not None:
                 return entry
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
+            self._waiting_for[threading.get_ident()] = key
+        try:
+            key_lock.acquire()
+        finally:
+            with self._lock:
+                self._waiting_for.pop(threading.get_ident(), None)
+        with _Held(key_lock):
             # Another thread may have finished loading while we waited: single flight.
             with self._lock:
                 entry = self._hit_locked(key, lease)
@@ -322,8 +281,11 @@ class ModelCache:
                 victim = next((k for k, e in self._entries.items()
                                if e.device == device and not e.leases and k != key), None)
                 if victim is None:
+                    # Leases that can end: held by other threads that are not themselves waiting
+                    # for this very load (they would wait for us while we wait for them).
                     others = (
-                        any(e.device == device and any(t != me for t in e.leases) for e in self._entries.values())
+                        any(e.device == device and any(t != me and self._waiting_for.get(t) != key for t in e.leases)
+                            for e in self._entries.values())
                         or any(d == device for k, (d, _) in self._reserved.items() if k != key)
                         or self._freeing.get(device, 0) > 0
                     )
@@ -408,17 +370,14 @@ class ModelCache:
             torch.cuda.empty_cache()
 
 
-def _torch_cuda_stats(device: str) -> dict[str, Any]:
-    """What torch's allocator says about a CUDA device (only when torch is already loaded)."""
-    torch = sys.modules.get("torch")
-    if not device.startswith("cuda") or torch is None:
-        return {}
-    try:
-        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-            return {}
-        return {
-            "torch_allocated_bytes": int(torch.cuda.memory_allocated(device)),
-            "torch_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
-        }
-    except Exception:  # noqa: BLE001 - stats are informative; never fail a status page
-        return {}
+class _Held:
+    """Releases an already acquired lock at the end of a with block."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

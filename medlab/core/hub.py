@@ -93,6 +93,17 @@ def require_weights(source: ModelSource, folder: Path, wanted: str = "*.safetens
         return
     if load_settings().allow_pickle and any(p for pat in PICKLE_PATTERNS for p in folder.rglob(pat)):
         return
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # a partial snapshot in the cache, and no way to complete it now
+        from medlab.core.load_errors import fix_hint
+
+        raise ModelUnavailableError(
+            source.key,
+            f"the weights of {source.location} ({wanted}) are not in the local Hugging Face cache and "
+            "offline mode is on (HF_HUB_OFFLINE).",
+            fix_hint(source),
+        )
     others = sorted(p.name for p in folder.iterdir())[:8]
     raise ModelUnavailableError(
         source.key,

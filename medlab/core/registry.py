@@ -36,7 +36,6 @@ class ModelSpec:
     dtype: str = "float32"
     needs_gpu: bool = False  # True: refuse on CPU unless the source is overridden
     quantize_4bit_on_cuda: bool = False  # the loader uses bitsandbytes 4-bit on CUDA when installed
-    gated: bool = False
     community: bool = False  # a community checkpoint nobody has independently validated
     labels: tuple[str, ...] = ()
     label_map: Mapping[str, str] = field(default_factory=_frozen)  # model label -> app label

@@ -42,7 +42,7 @@ def adapter_source() -> ModelSource | None:
 
 def read_adapter_config(source: ModelSource) -> dict[str, Any]:
     """adapter_config.json of a local dir or a Hub repo (one small file)."""
-    from medlab.core.loaders import translate_load_errors
+    from medlab.core.load_errors import translate_load_errors
 
     with translate_load_errors(source):
         if source.is_local:
@@ -82,7 +82,7 @@ def load_adapter_config(spec: ModelSpec, source: ModelSource, device: str, progr
 
 def attach_adapter(model: Any, adapter: ModelSource, config: dict[str, Any], progress: Progress) -> Any:
     """The base model wrapped in peft's PeftModel with the adapter loaded (not merged)."""
-    from medlab.core.loaders import translate_load_errors
+    from medlab.core.load_errors import translate_load_errors
 
     progress(0.8, "Attaching the LoRA adapter")
     with translate_load_errors(adapter):

@@ -127,7 +127,7 @@ LOAD_BACKENDS: tuple[LoadBackend, ...] = (UnslothBackend(), TransformersBackend(
 
 def _load_base(source: ModelSource, device: str, progress: Progress) -> tuple[LoadBackend, LoadedWeights]:
     """The base weights from the first usable back-end that loads them."""
-    from medlab.core.loaders import translate_load_errors
+    from medlab.core.load_errors import translate_load_errors
 
     candidates = [b for b in LOAD_BACKENDS if b.usable(device)]
     for backend in candidates[:-1]:

@@ -255,7 +255,8 @@ def reset_unavailable() -> None:
 
 def load_cross_encoder(spec: Any, source: Any, device: str, progress: Any) -> Any:
     """A sentence-transformers CrossEncoder (one relevance logit per question-passage pair)."""
-    from medlab.core.loaders import LoadedModel, check_local_dir, translate_load_errors
+    from medlab.core.load_errors import translate_load_errors
+    from medlab.core.loaders import LoadedModel, check_local_dir
 
     if source.is_local:
         check_local_dir(source)
