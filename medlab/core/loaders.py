@@ -104,7 +104,7 @@ def _place(model: Any, device: str) -> Any:
 
 
 # -- the standard loaders ---------------------------------------------------------------
-def _load_pretrained(
+def load_pretrained(
     spec: ModelSpec,
     source: ModelSource,
     device: str,
@@ -149,17 +149,17 @@ def load_image_classifier(
     spec: ModelSpec, source: ModelSource, device: str, progress: Progress
 ) -> LoadedModel:
     """Any AutoModelForImageClassification dir/repo (incl. timm via TimmWrapper)."""
-    return _load_pretrained(spec, source, device, progress, "AutoModelForImageClassification", "AutoImageProcessor")
+    return load_pretrained(spec, source, device, progress, "AutoModelForImageClassification", "AutoImageProcessor")
 
 
 def load_seq2seq(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
     """AutoModelForSeq2SeqLM + its tokenizer (FLAN-T5 and friends)."""
-    return _load_pretrained(spec, source, device, progress, "AutoModelForSeq2SeqLM", "AutoTokenizer")
+    return load_pretrained(spec, source, device, progress, "AutoModelForSeq2SeqLM", "AutoTokenizer")
 
 
 def load_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:
     """transformers CLIPModel + CLIPProcessor (PLIP's format)."""
-    return _load_pretrained(spec, source, device, progress, "CLIPModel", "CLIPProcessor")
+    return load_pretrained(spec, source, device, progress, "CLIPModel", "CLIPProcessor")
 
 
 def load_open_clip(spec: ModelSpec, source: ModelSource, device: str, progress: Progress) -> LoadedModel:

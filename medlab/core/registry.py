@@ -127,7 +127,6 @@ CAPTIONER_MEDGEMMA = ModelSpec(
     loader="medlab.generation.captioner_backends:load_captioner",
     memory_gb=8.6,  # ~4.3B parameters in bfloat16
     dtype="bfloat16",
-    gated=True,
     licence="Health AI Developer Foundations terms of use (gated: accept them on the Hub, set HF_TOKEN)",
     params=_frozen({"default_adapter": False, "radiology_trained": True}),
     card=(

@@ -7,7 +7,8 @@ L2-normalised (cosine similarity = dot product); text is truncated to CLIP's 77 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -112,9 +113,11 @@ ENCODERS: Mapping[str, type] = MappingProxyType({
 })
 
 
-def encoder(key: str, progress: Progress | None = None) -> ClipEncoder:
-    """The encoder of model `key` (loads it through the model cache on first use)."""
-    from medlab.core.loaders import get_model
+@contextmanager
+def encoder(key: str, progress: Progress | None = None) -> Iterator[ClipEncoder]:
+    """The encoder of model `key`, held through a cache lease (loaded on first use; never
+    evicted while the `with` block runs)."""
+    from medlab.core.loaders import use_model
 
     check_key(key)
     loader = get_spec(key).loader.rpartition(":")[2]
@@ -122,7 +125,8 @@ def encoder(key: str, progress: Progress | None = None) -> ClipEncoder:
     if cls is None:
         raise InputError(f"Model {key!r} uses loader {loader!r}, which is not a CLIP encoder "
                          f"({', '.join(ENCODERS)}).")
-    return cls(get_model(key, progress))
+    with use_model(key, progress) as loaded:
+        yield cls(loaded)
 
 
 def _normalise(x: Any) -> Any:
@@ -133,13 +137,16 @@ def _normalise(x: Any) -> Any:
 
 def encode_images(key: str, images: Sequence[Any], progress: Progress | None = None) -> Any:
     """PIL RGB images -> (n, d) float32 numpy, L2-normalised."""
-    return _normalise(encoder(key, progress).encode_image(images))
+    with encoder(key, progress) as enc:
+        return _normalise(enc.encode_image(images))
 
 
 def encode_texts(key: str, texts: Sequence[str], progress: Progress | None = None) -> Any:
     """Texts -> (n, d) float32 numpy, L2-normalised; truncated to 77 tokens."""
-    return _normalise(encoder(key, progress).encode_text(texts))
+    with encoder(key, progress) as enc:
+        return _normalise(enc.encode_text(texts))
 
 
 def logit_scale(key: str) -> float:
-    return encoder(key).logit_scale()
+    with encoder(key) as enc:
+        return enc.logit_scale()

@@ -30,9 +30,9 @@ class NotAChatModelError(MedlabError):
 
 def load_instruct_lm(spec: Any, source: Any, device: str, progress: Progress) -> Any:
     """AutoModelForCausalLM + its tokenizer (which must carry a chat template)."""
-    from medlab.core.loaders import _load_pretrained
+    from medlab.core.loaders import load_pretrained
 
-    return _load_pretrained(spec, source, device, progress, "AutoModelForCausalLM", "AutoTokenizer")
+    return load_pretrained(spec, source, device, progress, "AutoModelForCausalLM", "AutoTokenizer")
 
 
 def generate(key: str, question: str, passages: list[Passage], progress: Progress | None = None,
@@ -41,24 +41,24 @@ def generate(key: str, question: str, passages: list[Passage], progress: Progres
     same text)."""
     import torch
 
-    from medlab.core.loaders import get_model
+    from medlab.core.loaders import use_model
     from medlab.core.registry import get_spec
 
     if get_spec(key).task != "text-generation":
         raise NotAChatModelError(f"{key} is not a chat model; set {GENERATOR_ENV}=assistant_generator.")
-    lm = get_model(key, progress)
-    if not getattr(lm.tokenizer, "chat_template", None):
-        raise NotAChatModelError(f"{key}'s tokenizer has no chat template.")
-    context = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages[:3], 1))
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question}"}]
-    enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True).to(lm.device)
-    with torch.inference_mode():
-        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id)
-    new_tokens = out[0][enc["input_ids"].shape[1]:]
-    return lm.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    with use_model(key, progress) as lm:  # a lease: not evicted while generating
+        if not getattr(lm.tokenizer, "chat_template", None):
+            raise NotAChatModelError(f"{key}'s tokenizer has no chat template.")
+        context = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages[:3], 1))
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question}"}]
+        enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True).to(lm.device)
+        with torch.inference_mode():
+            out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id)
+        new_tokens = out[0][enc["input_ids"].shape[1]:]
+        return lm.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
 
 
 def _words(text: str) -> list[str]:

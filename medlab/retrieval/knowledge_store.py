@@ -67,16 +67,17 @@ def embed(texts: list[str], progress: Progress | None = None, embedder_key: str 
     """Unit-length float32 sentence embeddings (one row per text)."""
     import numpy as np
 
-    from medlab.core.loaders import get_model
-
-    model = get_model(embedder_key, progress).model
-    if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype="float32")
     import torch
 
-    with torch.inference_mode():
-        vecs = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
+    from medlab.core.loaders import use_model
+
+    with use_model(embedder_key, progress) as loaded:  # a lease: not evicted while encoding
+        model = loaded.model
+        if not texts:
+            return np.zeros((0, model.get_sentence_embedding_dimension()), dtype="float32")
+        with torch.inference_mode():
+            vecs = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                                show_progress_bar=False)
     return vecs.astype("float32")
 
 
