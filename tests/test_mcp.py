@@ -23,7 +23,7 @@ EDUCATIONAL = "Educational use only: not a medical device; not for diagnosis or 
 
 
 # -- the live MCP server. First in the file: after the setting tests below had imported `app`,
-# this launch failed gradio's localhost check (HEAD /) on the loaded test box; cause not found. -----------------------------------------------------------------------
+# this launch failed gradio's localhost check (HEAD /) on the loaded test box; cause not found.
 @pytest.fixture(scope="module")
 def mcp_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, set[str]]]:
     """The whole app with MEDLAB_MCP=1 and tiny PLIP / CLIP; yields (url, public api_names),
