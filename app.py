@@ -1,6 +1,6 @@
 """Medical AI Lab: compose the tabs into one gr.Blocks app and launch it.
 
-    python app.py [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--host 127.0.0.1] [--port 7860] [--share] [--mcp]
 
 Importing this module imports gradio and the light parts of medlab only: no torch, no
 transformers. Models load on first use through the shared cache."""
@@ -114,7 +114,7 @@ def atomic_image_cache_writes() -> None:
     pu.save_pil_to_cache = save_pil_to_cache
 
 
-def launch_kwargs(host: str, port: int, share: bool) -> dict:
+def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
     from starlette.middleware import Middleware
 
     from medlab.io.webguard import BodySizeLimit
@@ -124,6 +124,9 @@ def launch_kwargs(host: str, port: int, share: bool) -> dict:
         "server_name": host,
         "server_port": port,
         "share": share,
+        # MCP tools (README "MCP"): --mcp or MEDLAB_MCP=1. None, not False, when off, so
+        # gradio's own GRADIO_MCP_SERVER still works as gradio documents it.
+        "mcp_server": True if (mcp or settings.mcp) else None,
         "auth": settings.auth,
         "max_file_size": settings.max_upload_bytes,
         # Refuse oversized bodies from their declared size, before reading them.
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the public API as MCP tools at /gradio_api/mcp/ (same as MEDLAB_MCP=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from medlab.retrieval.default_index import start_background
 
     start_background()  # the default pathology tile set indexes itself (bulk, one daemon thread)
-    demo.launch(**launch_kwargs(args.host, args.port, args.share))
+    demo.launch(**launch_kwargs(args.host, args.port, args.share, mcp=args.mcp))
     return 0
 
 

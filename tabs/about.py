@@ -58,7 +58,14 @@ def _device_table(status: dict[str, Any]) -> list[list[Any]]:
 
 @ui_errors
 def model_status() -> dict[str, Any]:
-    """JSON of the cache statistics and each model's availability."""
+    """Report every model's availability (ready, downloadable or unavailable, with the fix) and the cache's memory use.
+
+    Loads no model.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Returns:
+        status: JSON with each model's status, source, licence and reason, and the cache's budget and use per device
+    """
     from medlab.core.status import model_status as engine_status
 
     return engine_status()

@@ -49,7 +49,20 @@ def _passages_markdown(answer: Any) -> str:
 
 @ui_errors
 def assistant_ask(question: str, progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict[str, Any]]:
-    """Grounded answer from the melanoma knowledge base, with citations (document, page/section)."""
+    """Answer a question about melanoma from the app's knowledge base only, citing each source passage.
+
+    Retrieval-grounded: it answers only from the bundled teaching notes and uploaded PDFs (document, page or
+    section cited) and says so when they do not cover the question instead of guessing.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        question: a question in plain text, e.g. "What does the E in ABCDE mean?".
+
+    Returns:
+        answer: Markdown answer with numbered citations (or a note that the documents do not cover it)
+        passages: Markdown of the retrieved passages, each with its citation and similarity score
+        details: JSON with the answer, citations and retrieval scores
+    """
     from medlab.retrieval.assistant import ask
 
     answer = ask(question, progress=progress_callback(progress))
@@ -63,7 +76,17 @@ def _answer_markdown(answer: Any) -> str:
 
 @ui_errors
 def assistant_add_document(file: str | None, progress: gr.Progress = gr.Progress()) -> str:
-    """Add a PDF to the knowledge base (kept under the data dir; survives restarts)."""
+    """Add a PDF to the melanoma knowledge base so the assistant can cite it (kept under the data dir).
+
+    The PDF must contain selectable text (no scans) and no password; the same content added again changes nothing.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        file: the PDF to add (over MCP: a URL), at most MEDLAB_MAX_UPLOAD_MB (50 MB by default).
+
+    Returns:
+        status: Markdown saying what was added (passages embedded) or that the document was already there
+    """
     from medlab.core.errors import InputError
     from medlab.retrieval.uploads import add_document
 

@@ -74,7 +74,21 @@ def impression(
     max_length: int = DEFAULT_MAX_LENGTH,
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[tuple[str, dict[str, float] | None, str]]:
-    """Impression for findings (or a whole report) and ROUGE vs the reference if given."""
+    """Write the impression (summary) of a radiology report's findings, scored with ROUGE when a reference is given.
+
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        findings: the FINDINGS text, or a whole report (its FINDINGS section is used).
+        reference: optional reference impression to score against with ROUGE; default "" (no score).
+        num_beams: beam-search width, 1 to 10; default 4.
+        max_length: longest impression in tokens, 8 to 256; default 80.
+
+    Returns:
+        impression: the generated impression (the last streamed value is the whole text)
+        rouge: ROUGE F-measures (0 to 1) against the reference, or null without one
+        notes: Markdown notes (section used, truncation, ROUGE, time taken)
+    """
     from medlab.generation.impression import impression_stream
 
     settings = ImpressionSettings(num_beams, max_length)
@@ -89,7 +103,22 @@ def impression_batch(
     max_length: int = DEFAULT_MAX_LENGTH,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[Any, Any, Any, str, str]:
-    """Evaluate a CSV/JSONL of findings (+ reference impressions): per-row ROUGE and summary."""
+    """Generate and score impressions for a file of reports: per-row ROUGE, summary statistics and a CSV.
+
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        file: .csv/.jsonl/.json, at most 200 rows: findings (+ impression or reference to score) (over MCP: a URL).
+        num_beams: beam-search width, 1 to 10; default 4.
+        max_length: longest impression in tokens, 8 to 256; default 80.
+
+    Returns:
+        summary: per ROUGE score over the scored rows: mean, std, min, quartiles, max and n
+        plot: per-report ROUGE distribution
+        rows: per-report table: row, findings, reference, generated, truncated and each ROUGE score
+        csv: path of the downloadable results CSV
+        notes: Markdown notes (rows generated and scored, skipped rows)
+    """
     import pandas as pd
 
     from medlab.core.errors import InputError

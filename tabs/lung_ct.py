@@ -60,10 +60,25 @@ def lung_classify(
     opacity: float = 0.4,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[Any, ...]:
-    """Classify one CT slice (PNG/JPEG or DICOM).
+    """Classify one lung CT slice into the model's classes with a Grad-CAM heat map, deferring when unsure.
 
-    Returns (3-class probabilities, Grad-CAM overlay the size of the input, defer/gate
-    markdown, JSON summary)."""
+    If the top probability is below the scenario's threshold the result is "recommend further examination"
+    instead of a class; an input gate flags images that do not look like a CT slice.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        file: one CT slice: PNG, JPEG or DICOM .dcm (over MCP: a URL).
+        window: DICOM window (HU): "lung" (default), "mediastinal", "bone" or "auto" (the file's); PNG/JPEG: ignored.
+        scenario: defer threshold: "screening", "routine" (default) or "high-risk confirmation".
+        explain: class the heat map explains: "predicted" (default) or one of the model's class names.
+        opacity: heat-map opacity over the slice, 0 to 1 (default 0.4).
+
+    Returns:
+        probabilities: the model's class probabilities
+        overlay: Grad-CAM overlay image, the size of the input
+        verdict: Markdown with the class or the defer advice, the Grad-CAM note and the input gate's verdict
+        summary: JSON summary of all of the above
+    """
     from medlab.vision.lung_ct import classify_lung
 
     result = classify_lung(file, window=window, scenario=scenario, explain=explain, opacity=float(opacity),

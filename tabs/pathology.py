@@ -58,7 +58,21 @@ def _status(hits: list[Any], what: str, key: str) -> str:
 @ui_errors
 def pathology_search(query: str, k: int = 8, model: str = DEFAULT_MODEL,
                      progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
-    """Text -> the k most similar indexed images, with similarity scores and captions."""
+    """Search the indexed histopathology images with a text description; returns the k most similar tiles.
+
+    Similarity is the cosine between a text and an image embedding of PLIP or general CLIP; it is not a diagnosis.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        query: a description of the tissue, e.g. "tumor epithelium with irregular glands".
+        k: number of results, 1 to 32; default 8.
+        model: embedding model: "plip" (default, pathology-trained) or "clip_baseline" (general CLIP).
+
+    Returns:
+        gallery: the best-matching images with similarity and caption
+        ids: the ids of those images, best first
+        status: Markdown line saying how many matches were found and with which model
+    """
     from medlab.retrieval.image_search import search_text
 
     hits = search_text(query, k=int(k), key=model, progress=progress_callback(progress))
@@ -68,7 +82,21 @@ def pathology_search(query: str, k: int = 8, model: str = DEFAULT_MODEL,
 @ui_errors
 def pathology_similar(image: str | None, k: int = 8, model: str = DEFAULT_MODEL,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], list[str], str]:
-    """Image -> the k most similar indexed images ("more like this"); an indexed image comes back first."""
+    """Find the indexed histopathology images most similar to an uploaded tile ("more like this").
+
+    An image that is itself in the index comes back first. Similarity is not a diagnosis.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        image: a tile, PNG, JPEG or TIFF (over MCP: a URL).
+        k: number of results, 1 to 32; default 8.
+        model: embedding model: "plip" (default, pathology-trained) or "clip_baseline" (general CLIP).
+
+    Returns:
+        gallery: the most similar images with similarity and caption
+        ids: the ids of those images, best first
+        status: Markdown line saying how many matches were found and with which model
+    """
     from medlab.core.errors import InputError
     from medlab.retrieval.image_search import search_image
 
@@ -106,7 +134,21 @@ def pathology_zero_shot(
     template: str = DEFAULT_TEMPLATE,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[dict[str, float] | None, dict[str, float] | None, str]:
-    """Zero-shot label probabilities for one tile: PLIP and, side by side, general CLIP."""
+    """Zero-shot classification of one histopathology tile over the given labels, PLIP beside general CLIP.
+
+    Probabilities are relative to the labels given (they always sum to 1); they are not a diagnosis.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        image: an H&E tile, PNG or JPEG (over MCP: a URL).
+        labels: comma-separated labels; default: the 9 Kather colon tissue classes (NCT-CRC-HE).
+        template: prompt for each label, {label} replaced by it; default "An H&E image of {label}.".
+
+    Returns:
+        plip: label probabilities from PLIP (null if it could not run)
+        clip: label probabilities from general CLIP (null if it could not run)
+        notes: Markdown with each model's top label, or why it could not run
+    """
     from medlab.retrieval.zero_shot import zero_shot
 
     out = zero_shot(image, labels, template, progress=progress_callback(progress))
@@ -129,7 +171,19 @@ def pathology_index(
     models: list[str] | None = None,
     progress: gr.Progress = gr.Progress(),
 ) -> str:
-    """Add images to the index from an uploaded .zip (or an allowed server folder)."""
+    """Add images to the searchable pathology index from a .zip (or an allowed server folder).
+
+    Images are identified by content (SHA-256), so adding one again adds nothing; unsafe archives are refused.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        zip_file: a .zip of PNG/JPEG/TIFF tiles, optional file,label,caption CSV inside (over MCP: a URL).
+        folder: used when no zip is given: a folder inside the data dir, assets/pathology or MEDLAB_INDEX_ROOTS.
+        models: indexes to add to, any of "plip" and "clip_baseline"; default ["plip"].
+
+    Returns:
+        report: Markdown summary per model: images added, already indexed, skipped (with why), total
+    """
     from medlab.core.errors import InputError
     from medlab.retrieval.image_index import check_index_root, index_folder, index_zip
 

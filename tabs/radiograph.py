@@ -81,7 +81,22 @@ def radiograph_caption(
     use_adapter: bool = True,
     progress: gr.Progress = gr.Progress(),
 ) -> Iterator[str]:
-    """Describe a radiograph; the description streams as it is generated."""
+    """Describe a radiograph in free text with a vision-language model (streamed as it is generated).
+
+    Generated text can sound confident and still invent or miss findings; it is a description exercise, not a report.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        image: a radiograph, PNG or JPEG (over MCP: a URL).
+        instruction: the prompt given to the model; default: the expert-radiographer instruction of document 003.
+        temperature: sampling temperature, 0 (greedy) to 2; default 0.3.
+        max_new_tokens: longest description in tokens, 16 to 1024; default 128.
+        min_p: drop tokens less likely than min_p times the top token (when temperature > 0), 0 to 0.5; default 0.1.
+        use_adapter: true (default) to use the radiology LoRA adapter when one is configured, false for the base model.
+
+    Returns:
+        description: the generated description (the last streamed value is the whole text)
+    """
     from medlab.generation.captioner import caption_stream
 
     settings = CaptionSettings(max_new_tokens, temperature, min_p, use_adapter)

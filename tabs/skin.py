@@ -32,10 +32,21 @@ def _explanation() -> str:
 
 @ui_errors
 def skin_classify(image: str | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
-    """Classify one skin-lesion photo.
+    """Classify one skin-lesion photo as benign or malignant, with an uncertain band around a tuned threshold.
 
-    Returns (benign/malignant probabilities, decision markdown incl. the input gate,
-    the checkpoint's own class probabilities, threshold explanation, JSON summary)."""
+    An input gate flags photos that do not look like skin; the prediction is then shown for illustration only.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        image: a dermoscopic or close-up photo of one skin lesion, PNG or JPEG (over MCP: a URL).
+
+    Returns:
+        probabilities: {"malignant": p, "benign": 1 - p}
+        decision: Markdown with the decision (benign / malignant / uncertain) and the input gate's verdict
+        class_probabilities: the checkpoint's own per-class probabilities
+        threshold: Markdown explaining the decision threshold and where it comes from
+        summary: JSON summary of all of the above
+    """
     from medlab.vision.skin import classify_skin, explanation
 
     result = classify_skin(image, progress=progress_callback(progress))

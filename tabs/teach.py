@@ -53,10 +53,25 @@ def teach_train(
     request: gr.Request | None = None,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[Any, ...]:
-    """Teach a classifier from class folders.
+    """Teach an image classifier from labelled class folders (a frozen backbone plus a trained head) and evaluate it.
 
-    Returns (JSON summary: classes, n_train, n_test, held_out_accuracy, per_class_recall,
-    model_id, ...; evaluation markdown; evaluation figure; Grad-CAM gallery; model id)."""
+    Images of one patient (groups) never land on both sides of the held-out split. The result is not validated.
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        archive: a .zip, one folder of PNG/JPEG images per class (over MCP: a URL); if empty, `folder` is used.
+        groups_csv: optional CSV file,group (patient or lesion id) (over MCP: a URL); default none.
+        folder: without archive: a server folder (data dir, MEDLAB_INDEX_ROOTS) or a Hub dataset id; default "".
+        backbone: frozen feature extractor: "efficientnet_lite0" (default), "resnet18" or "mobilenetv3_large_100".
+        test_fraction: share of images (by group) held out for evaluation, 0.1 to 0.5 (default 0.2).
+
+    Returns:
+        summary: JSON with classes, n_train, n_test, held_out_accuracy, per_class_recall and model_id
+        evaluation: Markdown report of the held-out evaluation
+        figure: confusion matrix, ROC and calibration plots of the held-out images
+        gallery: Grad-CAM on held-out images, wrong ones first
+        model_id: the taught model's id (for teach_use)
+    """
     from PIL import Image
 
     from medlab.vision.teach.service import teach
@@ -89,7 +104,18 @@ def teach_cancel(request: gr.Request | None = None) -> str:
 
 @ui_errors
 def teach_use(model_id: str, tab: str = "lung_ct") -> tuple[str, dict[str, Any]]:
-    """Make a taught model the model of `tab` ("lung_ct" or "skin"). Returns (markdown, JSON)."""
+    """Make a model taught with teach_train the model that a tab (lung CT or skin) uses, also after a restart.
+
+    Educational use only: not a medical device; not for diagnosis or treatment.
+
+    Args:
+        model_id: the id returned by teach_train.
+        tab: "lung_ct" (default) or "skin" (the skin tab needs a benign / malignant model).
+
+    Returns:
+        message: Markdown confirming which tab now uses the model and its classes
+        details: JSON with the model id, tab and classes
+    """
     from medlab.vision.teach import taught
 
     done = taught.use(model_id, tab)

@@ -52,6 +52,7 @@ class Settings:
     pathology_max_tiles: int = 2000
     teach_max_images: int = 5000  # images one "Teach a classifier" run may use
     lung_dataset: str | None = None  # folder, zip or Hub dataset id taught at first start
+    mcp: bool = False  # also serve the public api_names as MCP tools (gradio's MCP server)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -175,6 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pathology_max_tiles=_positive_int(env, "MEDLAB_PATHOLOGY_MAX_TILES", Settings.pathology_max_tiles),
         teach_max_images=teach_max_images,
         lung_dataset=env.get("MEDLAB_LUNG_DATASET", "").strip() or None,
+        mcp=_bool(env, "MEDLAB_MCP", False),
     )
 
 
