@@ -205,6 +205,8 @@ def test_bad_inputs_get_clear_messages(tmp_path: Path, data_dir: Path) -> None:
         materialise(str(not_zip), tmp_path / "w")
     with pytest.raises(InputError, match="outside the folders"):
         materialise("/usr", tmp_path / "w")
+    with pytest.raises(InputError, match="needs a machine connected to the Hub"):  # HF_HUB_OFFLINE=1 here
+        materialise("someone/iq-oth-nccd", tmp_path / "w")
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -264,3 +266,29 @@ def test_small_sets_still_split_with_every_group_on_one_side() -> None:
     train, test = grouped_split(labels, groups, 0.2)
     assert len(test) >= 1 and len(train) + len(test) == 11
     assert not {groups[i] for i in train} & {groups[i] for i in test}
+
+
+def test_lung_dataset_is_taught_at_first_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDLAB_LUNG_DATASET + no lung model configured -> taught and used in the background,
+    once; with MEDLAB_MODEL_LUNG_CT set nothing is taught."""
+    import time
+
+    from medlab.core.registry import resolve_source
+    from medlab.vision.teach import service, taught
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("MEDLAB_DATA_DIR", str(data))
+    monkeypatch.setenv("MEDLAB_MODEL_LUNG_CT", str(tmp_path))
+    monkeypatch.setenv("MEDLAB_LUNG_DATASET", str(write_folders(data / "lung-set", per_class=4, size=48)))
+    assert service.autoteach_needed() is False  # a configured model wins
+    monkeypatch.delenv("MEDLAB_MODEL_LUNG_CT")
+    monkeypatch.setattr(service, "_AUTO", {"state": "idle", "message": ""})
+    assert service.autoteach_lung_in_background() is True
+    assert service.autoteach_lung_in_background() is False  # once per process
+    deadline = time.monotonic() + 400
+    while service.autoteach_status()["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert service.autoteach_status()["state"] == "done", service.autoteach_status()
+    current = taught.current("lung_ct")
+    assert current is not None and resolve_source("lung_ct").location == str(taught.model_dir(current).resolve())
+    assert service.autoteach_needed() is False
