@@ -233,6 +233,7 @@ service.teach({source!r}, progress=progress, cam_examples=0)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_leaves_the_previous_model(taught_run, image_set: Path, data_dir: Path,
                                                           tmp_path: Path) -> None:
     from medlab.vision import lung_ct
@@ -268,6 +269,7 @@ def test_small_sets_still_split_with_every_group_on_one_side() -> None:
     assert not {groups[i] for i in train} & {groups[i] for i in test}
 
 
+@pytest.mark.slow
 def test_lung_dataset_is_taught_at_first_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MEDLAB_LUNG_DATASET + no lung model configured -> taught and used in the background,
     once; with MEDLAB_MODEL_LUNG_CT set nothing is taught."""
@@ -292,3 +294,22 @@ def test_lung_dataset_is_taught_at_first_start(tmp_path: Path, monkeypatch: pyte
     current = taught.current("lung_ct")
     assert current is not None and resolve_source("lung_ct").location == str(taught.model_dir(current).resolve())
     assert service.autoteach_needed() is False
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_folded_head_equals_the_scaled_sklearn_model(n_classes: int) -> None:
+    """The (W, b) put in the classifier slot gives the probabilities of scikit-learn's own
+    StandardScaler + class-weighted LogisticRegression pipeline on raw features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medlab.vision.teach.head import fit_head
+
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 90)
+    x = rng.normal(0, 1, (90, 12)) * rng.uniform(0.1, 30, 12) + rng.normal(0, 5, 12) + y[:, None] * 0.8
+    head = fit_head(x, y, n_classes)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000,
+                                                             random_state=0)).fit(x, y)
+    np.testing.assert_allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-4)
