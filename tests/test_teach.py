@@ -313,3 +313,28 @@ def test_folded_head_equals_the_scaled_sklearn_model(n_classes: int) -> None:
     ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000,
                                                              random_state=0)).fit(x, y)
     np.testing.assert_allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_use_in_the_skin_tab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benign / malignant set becomes the skin model; its evaluation.json threshold is the tab's."""
+    from medlab.vision import skin
+    from medlab.vision.teach import service, taught
+    from tests.teach_data import texture
+
+    monkeypatch.setenv("MEDLAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDLAB_MODEL_SKIN", raising=False)
+    rng = np.random.default_rng(7)
+    for name, kind in (("benign", "stripes"), ("malignant", "dots")):
+        (tmp_path / "data" / "skin-set" / name).mkdir(parents=True)
+        for i in range(8):
+            texture(kind, rng, 64).convert("RGB").save(tmp_path / "data" / "skin-set" / name / f"{i}.png")
+    result = service.teach(str(tmp_path / "data" / "skin-set"), cam_examples=0, test_fraction=0.25)
+    assert result.summary["classes"] == ["benign", "malignant"]
+    taught.use(result.model_id, "skin")
+    report = json.loads((taught.model_dir(result.model_id) / "evaluation.json").read_text())
+    threshold, where = skin.decision_threshold()
+    assert report["class_counts"] == {"benign": 2, "malignant": 2}  # stratified: both classes held out
+    assert threshold == pytest.approx(report["binary_threshold"]["threshold"]) and "evaluation.json" in where
+    out = skin.classify_skin(str(tmp_path / "data" / "skin-set" / "malignant" / "0.png"))
+    assert 0.0 <= out.malignant_probability <= 1.0
