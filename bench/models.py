@@ -11,7 +11,6 @@ fingerprint), since building them is set-up, not something the benchmark measure
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path

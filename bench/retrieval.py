@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import WORK, Row, SectionResult, check, interleaved, loadavg, summary, timed
+from bench.common import WORK, Row, SectionResult, check, loadavg, summary, timed
 
 log = logging.getLogger(__name__)
 

@@ -8,61 +8,43 @@ servers and memory of one section never disturb the timings of the next."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 
 from bench.common import ROOT, SectionResult, apply_env
 
-SECTIONS: dict[str, tuple[int, str]] = {
-    # name: (number, title)
-    "startup": (1, "Cold start: app vs bare Blocks with the same number of tabs"),
-    "tabs": (2, "Per-tab handler overhead: API call vs raw forward + no-op round trip (warm models)"),
-    "gradcam": (3, "Grad-CAM overlay cost vs a plain forward (EfficientNet-B1)"),
-    "search": (4, "Vector search at scale: recall@8 beside latency (text encoding excluded)"),
-    "retrieval": (5, "Assistant retrieval: app vs document 000's re-embed-per-question approach"),
-    "index": (6, "Pathology index build throughput vs the encoder alone"),
-    "cache": (7, "Model cache: warm switching, single-flight cold loads, peak RSS under the budget"),
-    "assistant": (8, "Assistant: answers what the notes cover, declines what they do not"),
+@dataclass(frozen=True)
+class Section:
+    number: int
+    title: str
+    module: str  # bench.<module>.run(quick[, budget_s]) returns a SectionResult
+    takes_budget: bool = False
+
+
+SECTIONS: dict[str, Section] = {
+    "startup": Section(1, "Cold start: app vs bare Blocks with the same number of tabs", "startup_section"),
+    "tabs": Section(2, "Per-tab handler overhead: API call vs raw forward + no-op round trip (warm models)", "tabs_latency"),
+    "gradcam": Section(3, "Grad-CAM overlay cost vs a plain forward (EfficientNet-B1)", "gradcam_cost"),
+    "search": Section(4, "Vector search at scale: recall@8 beside latency (text encoding excluded)", "search", True),
+    "retrieval": Section(5, "Assistant retrieval: app vs document 000's re-embed-per-question approach", "retrieval"),
+    "index": Section(6, "Pathology index build throughput vs the encoder alone", "index_build"),
+    "cache": Section(7, "Model cache: warm switching, single-flight cold loads, peak RSS under the budget", "cache_behaviour"),
+    "assistant": Section(8, "Assistant: answers what the notes cover, declines what they do not", "assistant_eval"),
+    "teach": Section(9, "Teach a classifier: time to teach, feature-extraction rate vs raw forward", "teach"),
 }
 
 
 def run_section(name: str, quick: bool, budget: float) -> SectionResult:
-    if name == "startup":
-        from bench import startup_section
-
-        return startup_section.run(quick)
-    if name == "tabs":
-        from bench import tabs_latency
-
-        return tabs_latency.run(quick)
-    if name == "gradcam":
-        from bench import gradcam_cost
-
-        return gradcam_cost.run(quick)
-    if name == "search":
-        from bench import search
-
-        return search.run(quick, budget_s=budget)
-    if name == "retrieval":
-        from bench import retrieval
-
-        return retrieval.run(quick)
-    if name == "index":
-        from bench import index_build
-
-        return index_build.run(quick)
-    if name == "cache":
-        from bench import cache_behaviour
-
-        return cache_behaviour.run(quick)
-    if name == "assistant":
-        from bench import assistant_eval
-
-        return assistant_eval.run(quick)
-    raise SystemExit(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+    if name not in SECTIONS:
+        raise SystemExit(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+    section = SECTIONS[name]
+    module = importlib.import_module(f"bench.{section.module}")
+    return module.run(quick, budget_s=budget) if section.takes_budget else module.run(quick)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_section(args.name, args.quick, args.budget)
     except Exception as exc:  # noqa: BLE001 - a failed section is reported, the run goes on
-        number, title = SECTIONS[args.name]
-        result = SectionResult(number, title, status="error",
+        section = SECTIONS[args.name]
+        result = SectionResult(section.number, section.title, status="error",
                                notes=[f"{type(exc).__name__}: {exc}", traceback.format_exc()[-3000:]])
     result.seconds = round(time.perf_counter() - started, 1)
     with open(args.out, "w", encoding="utf-8") as f:

@@ -233,7 +233,7 @@ def run(quick: bool = False) -> SectionResult:
         "shaped like it: same input kind, same output components; image -> Label for skin, image -> Label + Image "
         "for lung, text -> Textbox for impression, text + k -> 8-image Gallery for pathology), all measured "
         "interleaved in the same run: the round trip is what any Gradio app pays, the rest is the tab's own "
-        f"overhead. Round trips here: " + ", ".join(
+        "overhead. Round trips here: " + ", ".join(
             f"{n} {all_stats[n]['gradio_floor']['median_ms']:.0f} ms" for n in ("skin", "lung", "impression", "plip"))
         + ". The client runs in the same process as the server (the way the tests use it), so both share the "
         "2 cores and the GIL.")

@@ -121,7 +121,8 @@ def teach_use(model_id: str, tab: str = "lung_ct") -> tuple[str, dict[str, Any]]
     done = taught.use(model_id, tab)
     name = {"lung_ct": "Lung CT", "skin": "Skin lesion"}.get(tab, tab)
     return (f"✅ `{done['model_id']}` is now the **{name}** tab's model ({', '.join(done['classes'])}). "
-            "It stays in use after a restart. Not validated: educational only."), done
+            "It stays in use after a restart. Not validated: educational only."), \
+        {k: v for k, v in done.items() if k != "path"}  # no server paths in the API
 
 
 @ui_errors
@@ -165,7 +166,7 @@ def build() -> None:
                              type="filepath")
             with gr.Accordion("Other sources and settings", open=False):
                 folder = gr.Textbox(label="…or a server folder (under the allowed roots) or a Hub dataset id",
-                                    placeholder="/data/IQ-OTHNCCD  or  user/dataset")
+                                    value="", placeholder="/data/IQ-OTHNCCD  or  user/dataset")
                 backbone = gr.Dropdown([(b.title, b.key) for b in BACKBONES.values()], value=DEFAULT_BACKBONE,
                                        label="Frozen backbone")
                 fraction = gr.Slider(0.1, 0.5, value=0.2, step=0.05, label="Held-out fraction")

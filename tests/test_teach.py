@@ -205,6 +205,8 @@ def test_bad_inputs_get_clear_messages(tmp_path: Path, data_dir: Path) -> None:
         materialise(str(not_zip), tmp_path / "w")
     with pytest.raises(InputError, match="outside the folders"):
         materialise("/usr", tmp_path / "w")
+    with pytest.raises(InputError, match="needs a machine connected to the Hub"):  # HF_HUB_OFFLINE=1 here
+        materialise("someone/iq-oth-nccd", tmp_path / "w")
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -231,6 +233,7 @@ service.teach({source!r}, progress=progress, cam_examples=0)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_leaves_the_previous_model(taught_run, image_set: Path, data_dir: Path,
                                                           tmp_path: Path) -> None:
     from medlab.vision import lung_ct
@@ -264,3 +267,74 @@ def test_small_sets_still_split_with_every_group_on_one_side() -> None:
     train, test = grouped_split(labels, groups, 0.2)
     assert len(test) >= 1 and len(train) + len(test) == 11
     assert not {groups[i] for i in train} & {groups[i] for i in test}
+
+
+@pytest.mark.slow
+def test_lung_dataset_is_taught_at_first_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDLAB_LUNG_DATASET + no lung model configured -> taught and used in the background,
+    once; with MEDLAB_MODEL_LUNG_CT set nothing is taught."""
+    import time
+
+    from medlab.core.registry import resolve_source
+    from medlab.vision.teach import service, taught
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("MEDLAB_DATA_DIR", str(data))
+    monkeypatch.setenv("MEDLAB_MODEL_LUNG_CT", str(tmp_path))
+    monkeypatch.setenv("MEDLAB_LUNG_DATASET", str(write_folders(data / "lung-set", per_class=4, size=48)))
+    assert service.autoteach_needed() is False  # a configured model wins
+    monkeypatch.delenv("MEDLAB_MODEL_LUNG_CT")
+    monkeypatch.setattr(service, "_AUTO", {"state": "idle", "message": ""})
+    assert service.autoteach_lung_in_background() is True
+    assert service.autoteach_lung_in_background() is False  # once per process
+    deadline = time.monotonic() + 400
+    while service.autoteach_status()["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert service.autoteach_status()["state"] == "done", service.autoteach_status()
+    current = taught.current("lung_ct")
+    assert current is not None and resolve_source("lung_ct").location == str(taught.model_dir(current).resolve())
+    assert service.autoteach_needed() is False
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_folded_head_equals_the_scaled_sklearn_model(n_classes: int) -> None:
+    """The (W, b) put in the classifier slot gives the probabilities of scikit-learn's own
+    StandardScaler + class-weighted LogisticRegression pipeline on raw features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medlab.vision.teach.head import fit_head
+
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 90)
+    x = rng.normal(0, 1, (90, 12)) * rng.uniform(0.1, 30, 12) + rng.normal(0, 5, 12) + y[:, None] * 0.8
+    head = fit_head(x, y, n_classes)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000,
+                                                             random_state=0)).fit(x, y)
+    np.testing.assert_allclose(head.predict_proba(x), ref.predict_proba(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_use_in_the_skin_tab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benign / malignant set becomes the skin model; its evaluation.json threshold is the tab's."""
+    from medlab.vision import skin
+    from medlab.vision.teach import service, taught
+    from tests.teach_data import texture
+
+    monkeypatch.setenv("MEDLAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDLAB_MODEL_SKIN", raising=False)
+    rng = np.random.default_rng(7)
+    for name, kind in (("benign", "stripes"), ("malignant", "dots")):
+        (tmp_path / "data" / "skin-set" / name).mkdir(parents=True)
+        for i in range(8):
+            texture(kind, rng, 64).convert("RGB").save(tmp_path / "data" / "skin-set" / name / f"{i}.png")
+    result = service.teach(str(tmp_path / "data" / "skin-set"), cam_examples=0, test_fraction=0.25)
+    assert result.summary["classes"] == ["benign", "malignant"]
+    taught.use(result.model_id, "skin")
+    report = json.loads((taught.model_dir(result.model_id) / "evaluation.json").read_text())
+    threshold, where = skin.decision_threshold()
+    assert report["class_counts"] == {"benign": 2, "malignant": 2}  # stratified: both classes held out
+    assert threshold == pytest.approx(report["binary_threshold"]["threshold"]) and "evaluation.json" in where
+    out = skin.classify_skin(str(tmp_path / "data" / "skin-set" / "malignant" / "0.png"))
+    assert 0.0 <= out.malignant_probability <= 1.0

@@ -16,6 +16,7 @@ def _confidences(label: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
 
 
+@pytest.mark.slow
 def test_teach_use_then_lung_classify_across_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gradio_client import Client, handle_file
 

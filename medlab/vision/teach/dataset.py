@@ -99,10 +99,17 @@ def resolve_folder(folder: str | Path) -> Path:
 
 def hub_dataset(repo_id: str, into: Path) -> Path:
     """A Hub dataset repo laid out as class folders (only on a connected machine)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    from medlab.retrieval.pathology import ZIP_MAX_TOTAL_BYTES
+
     try:
+        info = HfApi().dataset_info(repo_id, files_metadata=True)
+        total = sum(int(f.size or 0) for f in info.siblings or [])
+        if total > ZIP_MAX_TOTAL_BYTES:  # a visitor must not make the server fetch anything, any size
+            raise TeachDataError(f"the Hub dataset {repo_id!r} holds {total / 2**30:.1f} GB; the limit is "
+                                 f"{ZIP_MAX_TOTAL_BYTES / 2**30:.0f} GB (the same as an uploaded zip).")
         return Path(snapshot_download(repo_id, repo_type="dataset", local_dir=into / "hub"))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         raise TeachDataError(f"the Hub dataset {repo_id!r} could not be fetched ({type(exc).__name__}); "

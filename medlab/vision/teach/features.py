@@ -120,6 +120,7 @@ class Features:
     sizes: dict[str, int]  # "WxH mode" -> count of decoded inputs
     seconds: float
     forward_seconds: float
+    cpu_seconds: float = 0.0  # process CPU time (all threads): comparable on a shared machine
 
 
 def decode(path: Any, window: str = "lung") -> tuple[Any, str]:
@@ -162,6 +163,7 @@ def extract(model: Any, transform: Any, paths: Sequence[Any], device: str = "cpu
     rows: list[np.ndarray] = []
     kept: list[int] = []
     t0 = time.perf_counter()
+    c0 = time.process_time()
     forward_s = 0.0
     model = model.to(device).eval()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="teach-decode") as pool:
@@ -185,4 +187,5 @@ def extract(model: Any, transform: Any, paths: Sequence[Any], device: str = "cpu
             progress(done / n, f"Extracting features: {done} of {n} images, {rate:.1f} img/s, ~{left:.0f} s left")
     dim = rows[0].shape[1] if rows else 0
     matrix = np.concatenate(rows, axis=0) if rows else np.zeros((0, dim), np.float32)
-    return Features(matrix.astype(np.float32), kept, sorted(skipped), sizes, time.perf_counter() - t0, forward_s)
+    return Features(matrix.astype(np.float32), kept, sorted(skipped), sizes, time.perf_counter() - t0, forward_s,
+                    time.process_time() - c0)

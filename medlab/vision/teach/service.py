@@ -79,7 +79,8 @@ def teach(
         feats = features.extract(timm_model, transform, [it.path for it in data.items], device,
                                  progress=_span(progress, 0.05, 0.85), cancel=cancel)
         for i, reason in feats.skipped:
-            data.skip(f"corrupt or unreadable ({reason.split(':')[0][:80]})", data.items[i].rel)
+            data.skip("corrupt or unreadable image", data.items[i].rel)
+            log.info("teach: skipped %s: %s", data.items[i].rel, reason)
         data.items = [data.items[i] for i in feats.kept]
         ds_mod.check_class_sizes(data)
         x = feats.matrix
@@ -144,6 +145,7 @@ def _summary(model_id: str, data: ds_mod.TeachSet, train: np.ndarray, test: np.n
         "input_sizes": feats.sizes,
         "backbone": bb.key,
         "feature_seconds": round(feats.seconds, 2),
+        "feature_cpu_seconds": round(feats.cpu_seconds, 2),
         "images_per_second": round(len(feats.kept) / feats.seconds, 2) if feats.seconds else None,
         "validated": False,
     }
