@@ -14,7 +14,6 @@ from medlab.core.registry import get_spec, model_keys, resolve_source
 from medlab.core.status import availability, hub_offline, hub_reachable
 
 
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()

@@ -14,8 +14,15 @@ from typing import Any
 
 import gradio as gr
 
-from tabs.common import on_page_load, progress_callback, ui_errors
-from tabs.common import GpuDuration, Lane, megabytes, model_event
+from tabs.common import (
+    GpuDuration,
+    Lane,
+    megabytes,
+    model_event,
+    on_page_load,
+    progress_callback,
+    ui_errors,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,23 @@ from medlab.generation.impression import (
     ImpressionSettings,
     ImpressionUpdate,
 )
-from medlab.generation.impression_batch import MAX_BATCH_ROWS, ROW_HEADERS, SUMMARY_HEADERS
+from medlab.generation.impression_batch import (
+    MAX_BATCH_ROWS,
+    ROW_HEADERS,
+    SUMMARY_HEADERS,
+)
 from medlab.generation.metrics import ROUGE_TYPES
-from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
-from tabs.common import GpuDuration, Lane, lines_in_file, model_event
+from tabs.common import (
+    GpuDuration,
+    Lane,
+    availability_banner,
+    disclaimer,
+    lines_in_file,
+    model_card,
+    model_event,
+    progress_callback,
+    ui_errors,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,14 @@ from typing import Any
 
 import gradio as gr
 
-from tabs.common import availability_banner, disclaimer, model_card, progress_callback, ui_errors
-from tabs.common import model_event
+from tabs.common import (
+    availability_banner,
+    disclaimer,
+    model_card,
+    model_event,
+    progress_callback,
+    ui_errors,
+)
 
 TITLE = "Lung CT"
 TAB_ID = "lung_ct"

@@ -13,8 +13,19 @@ import gradio as gr
 from medlab.retrieval.encoders import DEFAULT_MODEL, MODEL_NAMES, MODELS, model_choices
 from medlab.retrieval.image_index import EXAMPLES_DIR
 from medlab.retrieval.zero_shot import DEFAULT_LABELS, DEFAULT_TEMPLATE
-from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
-from tabs.common import GpuDuration, Lane, files_in_upload, model_event
+from tabs.common import (
+    GpuDuration,
+    Lane,
+    TolerantImage,
+    availability_banner,
+    disclaimer,
+    files_in_upload,
+    model_card,
+    model_event,
+    on_page_load,
+    progress_callback,
+    ui_errors,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,17 @@ from medlab.generation.caption_settings import (
     CaptionSettings,
 )
 from medlab.generation.captioner_adapter import ADAPTER_KEY, CAPTIONER_KEY
-from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
-from tabs.common import GpuDuration, model_event
+from tabs.common import (
+    GpuDuration,
+    TolerantImage,
+    availability_banner,
+    disclaimer,
+    model_card,
+    model_event,
+    on_page_load,
+    progress_callback,
+    ui_errors,
+)
 
 TITLE = "Radiograph captioning"
 TAB_ID = "radiograph"

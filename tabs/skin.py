@@ -10,8 +10,16 @@ from typing import Any
 import gradio as gr
 
 from tabs import assistant
-from tabs.common import TolerantImage, on_page_load, availability_banner, disclaimer, model_card, progress_callback, ui_errors
-from tabs.common import model_event
+from tabs.common import (
+    TolerantImage,
+    availability_banner,
+    disclaimer,
+    model_card,
+    model_event,
+    on_page_load,
+    progress_callback,
+    ui_errors,
+)
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"

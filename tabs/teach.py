@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from tabs.common import disclaimer, on_page_load, progress_callback, ui_errors
+from tabs.common import GpuDuration, Lane, disclaimer, files_in_upload, model_event, on_page_load, progress_callback, ui_errors
 
 TITLE = "Teach a classifier"
 TAB_ID = "teach"
@@ -194,9 +194,12 @@ def build() -> None:
             skin_choice = gr.Textbox(value="skin", visible=False)
             file_out = gr.File(label="Model folder", interactive=False)
     on_page_load(status, _status, "")
-    run.click(teach_train, inputs=[archive, groups, folder, backbone, fraction],
-              outputs=[summary, result_md, figure, gallery, model_id], api_name="teach_train",
-              concurrency_limit=1)  # one teaching run at a time: it uses every core
+    # One teaching run at a time (it uses every core): the bulk lane. On ZeroGPU, features of a
+    # few thousand images take about a minute; the cap keeps it inside ZeroGPU's limits.
+    model_event(run.click, teach_train, inputs=[archive, groups, folder, backbone, fraction],
+                outputs=[summary, result_md, figure, gallery, model_id], api_name="teach_train",
+                lane=Lane.BULK, gpu_duration=GpuDuration(base=60, per="archive", seconds_each=0.05,
+                                                         count=files_in_upload))
     stop.click(teach_cancel, inputs=None, outputs=[stop_msg], api_name=False)
     use_lung.click(teach_use, inputs=[model_id, tab_choice], outputs=[use_md, use_json], api_name="teach_use")
     use_skin.click(teach_use, inputs=[model_id, skin_choice], outputs=[use_md, use_json], api_name=False)

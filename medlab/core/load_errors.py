@@ -11,7 +11,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from medlab.core.errors import InsufficientMemoryError, MedlabError, ModelUnavailableError
+from medlab.core.errors import (
+    InsufficientMemoryError,
+    MedlabError,
+    ModelUnavailableError,
+)
 from medlab.core.registry import ModelSource
 
 

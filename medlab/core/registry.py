@@ -14,7 +14,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from medlab.core.config import cuda_expected, load_settings, model_env_var, revision_env_var
+from medlab.core.config import (
+    cuda_expected,
+    load_settings,
+    model_env_var,
+    revision_env_var,
+)
 from medlab.core.errors import ModelUnavailableError, UnknownModelError
 
 

@@ -17,10 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from medlab.core.progress import Progress
 from medlab.core.config import load_settings
 from medlab.core.errors import InputError
-from medlab.generation.caption_settings import CaptionSettings, chat_messages, check_instruction
+from medlab.core.progress import Progress
+from medlab.generation.caption_settings import (
+    CaptionSettings,
+    chat_messages,
+    check_instruction,
+)
 from medlab.generation.captioner_adapter import ADAPTER_KEY, CAPTIONER_KEY
 
 log = logging.getLogger(__name__)
@@ -161,7 +165,12 @@ def next_token_logits(image: Any, instruction: str | None = None, use_adapter: b
 def captioner_summary() -> dict[str, Any]:
     """What will answer a caption request, for the tab (settings and small files only: no
     torch, no weights): backend, and the endpoint or the base model and adapter."""
-    from medlab.core.registry import DEFAULT_BY_DEVICE, KNOWN_CHECKPOINTS, get_spec, resolve_source
+    from medlab.core.registry import (
+        DEFAULT_BY_DEVICE,
+        KNOWN_CHECKPOINTS,
+        get_spec,
+        resolve_source,
+    )
     from medlab.generation.captioner_adapter import adapter_info
     from medlab.generation.remote import DEFAULT_SERVED_MODEL
 

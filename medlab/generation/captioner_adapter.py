@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medlab.core.progress import Progress
-from medlab.core.errors import MedlabError, ModelUnavailableError
 from medlab.core.config import model_env_var
+from medlab.core.errors import MedlabError, ModelUnavailableError
+from medlab.core.progress import Progress
 from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,9 @@ class UnslothBackend:
         return device.startswith("cuda") and importlib.util.find_spec("unsloth") is not None
 
     def load(self, source: ModelSource, device: str, progress: Progress) -> LoadedWeights:
-        from unsloth import FastVisionModel  # raises without a GPU, or on version mismatch
+        from unsloth import (
+            FastVisionModel,  # raises without a GPU, or on version mismatch
+        )
 
         progress(0.2, "Loading the captioner with unsloth (4-bit)")
         model, processor = FastVisionModel.from_pretrained(source.location, load_in_4bit=True, revision=source.revision)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medlab.core.progress import Progress
 from medlab.core.errors import InputError, UnsupportedFileError
+from medlab.core.progress import Progress
 from medlab.generation.impression import (
     KEY,
     MAX_TEXT_CHARS,

@@ -25,7 +25,14 @@ from medlab.core.errors import InputError, MedlabError
 from medlab.retrieval import generator as _generator
 from medlab.retrieval.documents import split_sentences
 from medlab.retrieval.generator import GENERATOR_ENV, GROUNDING_MIN, grounding
-from medlab.retrieval.knowledge_store import EMBEDDER, Passage, Progress, embed, ensure_ingested, retrieve
+from medlab.retrieval.knowledge_store import (
+    EMBEDDER,
+    Passage,
+    Progress,
+    embed,
+    ensure_ingested,
+    retrieve,
+)
 from medlab.retrieval.relevance import (
     Relevance,
     content_terms,

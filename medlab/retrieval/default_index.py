@@ -29,7 +29,7 @@ from typing import Any
 from medlab.core.config import load_settings
 from medlab.core.errors import MedlabError, ModelUnavailableError
 from medlab.core.progress import Progress
-from medlab.retrieval.encoders import MODELS, MODEL_NAMES
+from medlab.retrieval.encoders import MODEL_NAMES, MODELS
 from medlab.retrieval.tile_sources import Tile, TileSourceError, open_source
 
 log = logging.getLogger(__name__)

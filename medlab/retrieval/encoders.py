@@ -16,7 +16,6 @@ from medlab.core.errors import InputError
 from medlab.core.progress import Progress
 from medlab.core.registry import get_spec
 
-
 # The image-text models of the pathology tab and the names the UI shows for them.
 MODEL_NAMES: Mapping[str, str] = MappingProxyType({
     "plip": "PLIP (pathology)",

@@ -22,10 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from medlab.core.config import load_settings
-from medlab.core.errors import InputError, MedlabError, ModelUnavailableError, UnsupportedFileError
+from medlab.core.errors import (
+    InputError,
+    MedlabError,
+    ModelUnavailableError,
+    UnsupportedFileError,
+)
 from medlab.core.progress import Progress
+from medlab.io.files import allowed_roots, file_sha256, within_allowed_roots
 from medlab.retrieval.encoders import check_key, encode_images
-from medlab.retrieval.vectorstore import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,11 @@ class IndexReport:
 
 # -- collections ---------------------------------------------------------------------------------
 def image_collection(key: str) -> Any:
-    from medlab.retrieval.vectorstore import collection_name, get_collection, model_fingerprint
+    from medlab.retrieval.vectorstore import (
+        collection_name,
+        get_collection,
+        model_fingerprint,
+    )
 
     check_key(key)
     return get_collection(collection_name("pathology", key, model_fingerprint(key)),
@@ -320,22 +329,13 @@ def index_examples(key: str = "plip", progress: Progress | None = None) -> Index
 
 
 # -- what the UI may index -------------------------------------------------------------------------
-def allowed_roots() -> list[Path]:
-    """Server folders the UI may index: the data dir, the bundled examples, and any listed in
-    MEDLAB_INDEX_ROOTS (os.pathsep-separated). A public Space must not let visitors index
-    (and then browse thumbnails of) arbitrary server paths."""
-    roots = [load_settings().data_dir, EXAMPLES_DIR]
-    extra = os.environ.get("MEDLAB_INDEX_ROOTS", "")
-    roots += [Path(p).expanduser() for p in extra.split(os.pathsep) if p.strip()]
-    return [r.resolve() for r in roots]
-
-
 def check_index_root(folder: str | Path) -> Path:
-    path = Path(folder).expanduser().resolve()
-    for root in allowed_roots():
-        if path == root or root in path.parents:
-            return path
+    """A server folder the UI may index: under the data dir, the bundled examples or
+    MEDLAB_INDEX_ROOTS (medlab.io.files.allowed_roots)."""
+    path = within_allowed_roots(folder, EXAMPLES_DIR)
+    if path is not None:
+        return path
     raise InputError(
-        f"{folder} is outside the folders the app may index ({', '.join(str(r) for r in allowed_roots())}). "
+        f"{folder} is outside the folders the app may index ({', '.join(str(r) for r in allowed_roots(EXAMPLES_DIR))}). "
         "Upload a .zip instead, or add the folder to MEDLAB_INDEX_ROOTS on the server."
     )

@@ -9,9 +9,9 @@ from typing import Any
 
 from medlab.core.errors import InputError
 from medlab.core.progress import Progress
+from medlab.io.files import file_sha256
 from medlab.retrieval.encoders import encode_images, encode_texts
 from medlab.retrieval.image_index import THUMB_SIDE, nonempty_collection
-from medlab.retrieval.vectorstore import file_sha256
 from medlab.retrieval.zero_shot import as_image
 
 

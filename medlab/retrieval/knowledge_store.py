@@ -15,8 +15,14 @@ from typing import Any
 
 from medlab.core.errors import InputError
 from medlab.core.progress import Progress
-from medlab.retrieval.documents import Chunk, chunk_document, citation, source_files, uploads_dir
-from medlab.retrieval.vectorstore import file_sha256
+from medlab.io.files import file_sha256
+from medlab.retrieval.documents import (
+    Chunk,
+    chunk_document,
+    citation,
+    source_files,
+    uploads_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,6 @@ class IngestReport:
 def embed(texts: list[str], progress: Progress | None = None, embedder_key: str = EMBEDDER) -> Any:
     """Unit-length float32 sentence embeddings (one row per text)."""
     import numpy as np
-
     import torch
 
     from medlab.core.loaders import use_model
@@ -83,7 +88,11 @@ def embed(texts: list[str], progress: Progress | None = None, embedder_key: str 
 
 def collection(embedder_key: str = EMBEDDER) -> Any:
     """The cosine collection holding the knowledge base embedded by `embedder_key`."""
-    from medlab.retrieval.vectorstore import collection_name, get_collection, model_fingerprint
+    from medlab.retrieval.vectorstore import (
+        collection_name,
+        get_collection,
+        model_fingerprint,
+    )
 
     return get_collection(collection_name("knowledge", embedder_key, model_fingerprint(embedder_key)),
                           metadata={"medlab:kind": "knowledge"}, ef_search=KNOWLEDGE_EF_SEARCH)

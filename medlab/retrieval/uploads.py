@@ -9,9 +9,15 @@ from pathlib import Path
 
 from medlab.core.config import load_settings
 from medlab.core.errors import InputError, UnsupportedFileError
+from medlab.io.files import file_sha256
 from medlab.retrieval.documents import UploadRejectedError, pdf_pages, uploads_dir
-from medlab.retrieval.knowledge_store import IngestReport, Progress, ensure_ingested, ingest, reset_ready
-from medlab.retrieval.vectorstore import file_sha256
+from medlab.retrieval.knowledge_store import (
+    IngestReport,
+    Progress,
+    ensure_ingested,
+    ingest,
+    reset_ready,
+)
 
 MIN_PDF_TEXT_CHARS = 20
 

@@ -113,16 +113,6 @@ def collection_name(*parts: str) -> str:
     return name if len(name) >= 3 else (name + "-col")
 
 
-def file_sha256(path: Path) -> str:
-    """Content hash of a file, streamed: the id both stores give a document or image, so
-    re-adding the same bytes adds nothing."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # HNSW settings every collection is created with (persisted by chroma with the collection).
 # chroma's defaults (max_neighbors 16, ef_construction 100, ef_search 100) give recall@8 well
 # under 0.95 at 100k 512-d vectors; a denser graph and a wider beam buy it back for a few ms

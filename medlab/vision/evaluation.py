@@ -94,7 +94,10 @@ def pr_curves(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -
 def per_class_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict[str, dict[str, float]]:
     """Precision/recall/F1/support (sklearn) plus sensitivity, specificity, PPV and NPV from
     the one-vs-rest confusion matrices (sklearn's multilabel_confusion_matrix)."""
-    from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     idx = list(range(len(labels)))
     prec, rec, f1, sup = precision_recall_fscore_support(y_true, y_pred, labels=idx, zero_division=0)
@@ -279,7 +282,13 @@ def evaluate_predictions(
 
     `positive_label` (e.g. "malignant") gets the tuned threshold, the detection rate and the
     2x cost in the severity-weighted error; a 2-class task without one uses its second class."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        f1_score,
+    )
 
     y, p = _check(y_true, probs)
     labels = list(labels)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from medlab.vision import classify, gate
-from medlab.core.progress import Progress
 from medlab.core.errors import InputError
+from medlab.core.progress import Progress
 from medlab.core.registry import ModelSpec, get_spec
+from medlab.vision import classify, gate
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,9 @@ def classify_lung(
     progress: Progress | None = None,
 ) -> LungResult:
     """Decode (image or DICOM) -> gate -> preprocess -> forward+Grad-CAM -> postprocess."""
-    from medlab.vision.gradcam import grad_cam, overlay, place_in_input
+    from medlab.core.loaders import use_model
     from medlab.io.imaging import load_any
-    from medlab.core.loaders import get_model
+    from medlab.vision.gradcam import grad_cam, overlay, place_in_input
 
     if not path:
         raise InputError("No file was given. Upload a CT slice (PNG/JPEG or DICOM).")
@@ -172,31 +172,31 @@ def classify_lung(
     decoded = load_any(path, window=window)
     verdict = gate.check_lung_ct(decoded.image, decoded.kind, decoded.info)
 
-    loaded = get_model(KEY, progress)
-    labels = classify.model_labels(loaded.model)
-    taught = loaded.source is not None and loaded.source.is_local and \
-        os.path.isfile(os.path.join(loaded.source.location, "taught.json"))
-    mapped, order = _app_classes(labels, spec, taught)
-    class_index = None
-    explained = PREDICTED
-    if explain and explain != PREDICTED:
-        if explain not in order:
-            raise InputError(f"Cannot explain {explain!r}; choose '{PREDICTED}' or one of {', '.join(order)}.")
-        # explain the model class with the highest share of that app class (usually the only one)
-        candidates = [i for i, m in enumerate(mapped) if m == explain]
-        if not candidates:
-            raise InputError(f"This checkpoint has no class mapped to {explain!r}.")
-        class_index, explained = candidates[0], explain
-
-    pixel_values = classify.preprocess(loaded, decoded.image)
-    cam = grad_cam(loaded.model, pixel_values, class_index, spec.params.get("target_layer") or None)
-    probs = classify.probabilities(cam.logits)
-    app_probs = classify.aggregate(list(probs), labels, mapped, order)
-    if explained == PREDICTED:
-        explained = f"{mapped[cam.class_index]} (predicted)"
-
     width, height = decoded.image.size
-    box = classify.visible_box(loaded.image_processor, width, height)
+    with use_model(KEY, progress) as loaded:  # a lease: not evicted during the forward and Grad-CAM
+        labels = classify.model_labels(loaded.model)
+        taught = loaded.source is not None and loaded.source.is_local and \
+            os.path.isfile(os.path.join(loaded.source.location, "taught.json"))
+        mapped, order = _app_classes(labels, spec, taught)
+        class_index = None
+        explained = PREDICTED
+        if explain and explain != PREDICTED:
+            if explain not in order:
+                raise InputError(f"Cannot explain {explain!r}; choose '{PREDICTED}' or one of {', '.join(order)}.")
+            # explain the model class with the highest share of that app class (usually the only one)
+            candidates = [i for i, m in enumerate(mapped) if m == explain]
+            if not candidates:
+                raise InputError(f"This checkpoint has no class mapped to {explain!r}.")
+            class_index, explained = candidates[0], explain
+
+        pixel_values = classify.preprocess(loaded, decoded.image)
+        cam = grad_cam(loaded.model, pixel_values, class_index, spec.params.get("target_layer") or None)
+        probs = classify.probabilities(cam.logits)
+        app_probs = classify.aggregate(list(probs), labels, mapped, order)
+        if explained == PREDICTED:
+            explained = f"{mapped[cam.class_index]} (predicted)"
+
+        box = classify.visible_box(loaded.image_processor, width, height)
     heat = place_in_input(cam.cam, box, width, height)
     image = overlay(decoded.image, heat, float(opacity), box)
     info = {k: v for k, v in decoded.info.items()

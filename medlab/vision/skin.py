@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from medlab.vision import classify, gate
-from medlab.core.progress import Progress
 from medlab.core.errors import InputError
+from medlab.core.progress import Progress
 from medlab.core.registry import ModelSpec, get_spec
+from medlab.vision import classify, gate
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def explanation(threshold: float, band: float, source: str) -> str:
 def classify_skin(path: str | os.PathLike[str], progress: Progress | None = None,
                   gate_enabled: bool = True) -> SkinResult:
     """Decode -> gate -> preprocess -> forward -> postprocess for one uploaded image."""
-    from medlab.io.imaging import load_any
     from medlab.core.loaders import get_model
+    from medlab.io.imaging import load_any
 
     if not path:
         raise InputError("No image was given. Upload a photo of a skin lesion.")

@@ -8,7 +8,6 @@ and where; files that cannot be used (not an image, corrupt) are skipped and cou
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import re
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 from medlab.core.config import load_settings
 from medlab.core.errors import InputError
+from medlab.io.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,12 @@ def extract_zip(archive: Path, into: Path) -> Path:
 
 def resolve_folder(folder: str | Path) -> Path:
     """A server folder, only under the roots the app may read (MEDLAB_INDEX_ROOTS + data dir)."""
-    from medlab.retrieval.image_index import allowed_roots
+    from medlab.io.files import allowed_roots, within_allowed_roots
 
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
         raise TeachDataError(f"{folder} is not a folder on the server.")
-    if not any(path == r or r in path.parents for r in allowed_roots()):
+    if within_allowed_roots(path) is None:
         raise TeachDataError(f"{path} is outside the folders the app may read "
                              f"({', '.join(str(r) for r in allowed_roots())}); upload a .zip, or add the "
                              "folder to MEDLAB_INDEX_ROOTS on the server.")
@@ -102,7 +102,9 @@ def hub_dataset(repo_id: str, into: Path) -> Path:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from medlab.retrieval.pathology import ZIP_MAX_TOTAL_BYTES
+    from medlab.io.archives import DEFAULT_LIMITS
+
+    ZIP_MAX_TOTAL_BYTES = DEFAULT_LIMITS.max_total_bytes  # noqa: N806 - the zip limit, read once
 
     try:
         info = HfApi().dataset_info(repo_id, files_metadata=True)
@@ -155,14 +157,6 @@ def class_root(folder: Path) -> Path:
             continue
         break
     return current
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_groups(csv_path: str | Path | None) -> dict[str, str]:
