@@ -25,6 +25,7 @@ SECTIONS: dict[str, tuple[int, str]] = {
     "retrieval": (5, "Assistant retrieval: app vs document 000's re-embed-per-question approach"),
     "index": (6, "Pathology index build throughput vs the encoder alone"),
     "cache": (7, "Model cache: warm switching, single-flight cold loads, peak RSS under the budget"),
+    "captioner": (8, "CPU captioner (SmolVLM-500M-shaped Idefics3): time to first token, tokens/s"),
 }
 
 
@@ -57,6 +58,10 @@ def run_section(name: str, quick: bool, budget: float) -> SectionResult:
         from bench import cache_behaviour
 
         return cache_behaviour.run(quick)
+    if name == "captioner":
+        from bench import captioner
+
+        return captioner.run(quick)
     raise SystemExit(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
 
 

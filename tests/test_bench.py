@@ -1,4 +1,4 @@
-"""`python -m bench --quick` runs end to end and writes both result files with all 7 sections.
+"""`python -m bench --quick` runs end to end and writes both result files with all 8 sections.
 
 Slow: it starts the app, builds tiny models and runs every section in its own process
 (108 s on the shared 2-core box at load average ~3; each section process imports torch)."""
@@ -25,7 +25,7 @@ def test_quick_bench_writes_all_sections(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
     sections = {s["id"]: s for s in data["sections"]}
-    assert sorted(sections) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(sections) == [1, 2, 3, 4, 5, 6, 7, 8]
     md = (tmp_path / "results.md").read_text()
     for number, section in sections.items():
         assert f"## {number}. " in md

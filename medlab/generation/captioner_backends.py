@@ -230,14 +230,26 @@ def load_captioner(spec: ModelSpec, source: ModelSource, device: str, progress: 
     backend, weights = _load_base(source, device, progress)
     model = weights.model
     if adapter is not None:
-        model = attach_adapter(model, adapter, adapter_config, progress)
+        try:
+            model = attach_adapter(model, adapter, adapter_config, progress)
+        except BaseException as exc:
+            # The base weights are useless without the adapter asked for: release them now
+            # rather than when the error (and its frames) are finally dropped.
+            traceback.clear_frames(exc.__traceback__)
+            del model, weights
+            free_accelerator_memory()
+            raise
     model = backend.for_inference(model)
+    # The spec's preprocessing settings describe its own checkpoint only, not any other one
+    # MEDLAB_MODEL_CAPTIONER may name.
+    processor_kwargs = dict(spec.params.get("processor_kwargs", {})) if source.location == spec.default_source else {}
     return LoadedModel(
         spec.key, model, device, source, processor=weights.processor,
         extras={
             "adapter": adapter.location if adapter is not None else None,
             "backend": backend.name,
             "quantized_4bit": weights.quantized_4bit,
+            "processor_kwargs": processor_kwargs,
             "lock": threading.Lock(),
         },
     )
