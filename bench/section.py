@@ -36,6 +36,7 @@ SECTIONS: dict[str, Section] = {
     "cache": Section(7, "Model cache: warm switching, single-flight cold loads, peak RSS under the budget", "cache_behaviour"),
     "assistant": Section(8, "Assistant: answers what the notes cover, declines what they do not", "assistant_eval"),
     "teach": Section(9, "Teach a classifier: time to teach, feature-extraction rate vs raw forward", "teach"),
+    "captioner": Section(10, "CPU captioner (SmolVLM-500M-shaped Idefics3): time to first token, tokens/s", "captioner"),
 }
 
 

@@ -78,8 +78,9 @@ def test_doctor_reports_every_key_with_fix() -> None:
                          "clip_baseline", "embedder", "reranker", "embedder_multilingual", "assistant_generator"}
     assert rows["embedder"]["status"] == "ready"
     assert rows["skin"]["status"] == "unavailable" and "medlab download skin" in rows["skin"]["fix"]
-    # No GPU here: the captioner default is the small CPU model, downloadable like the others.
-    assert "SmolVLM" in rows["captioner"]["source"] and "medlab download captioner" in rows["captioner"]["fix"]
+    # MEDLAB_DEVICE=cpu: the captioner's default is the small CPU model, offline here
+    assert rows["captioner"]["source"] == "HuggingFaceTB/SmolVLM-500M-Instruct"
+    assert "medlab download captioner" in rows["captioner"]["fix"]
     assert "MEDLAB_MODEL_LUNG_CT" in rows["lung_ct"]["fix"]
     human = subprocess.run([sys.executable, "-m", "medlab", "doctor"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120, env=_default_env())

@@ -129,3 +129,27 @@ def test_a_known_checkpoint_named_by_the_variable_brings_its_own_card(monkeypatc
     spec = get_spec("captioner")
     assert spec.gated and "MedGemma" in spec.title and spec.dtype == "bfloat16"
     assert "HF_TOKEN" in spec.licence
+
+
+def test_spec_preprocessing_settings_apply_to_their_own_checkpoint_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SmolVLM on a CPU reads the image as one tile (registry processor_kwargs); a checkpoint
+    the variable points elsewhere keeps its processor's own settings."""
+    from medlab.core.loaders import get_model
+    from medlab.core.registry import get_spec
+    from medlab.generation.captioner import load_radiograph, prepare_inputs
+    from tests.tiny_generation import tiny_idefics3
+
+    assert dict(get_spec("captioner").params["processor_kwargs"]) == {"do_image_splitting": False}
+    monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER", str(tiny_idefics3(tmp_path / "smol")))
+    monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER_ADAPTER", "none")
+    loaded = get_model("captioner")
+    assert loaded.extras["processor_kwargs"] == {}
+    image = load_radiograph(PHANTOM)
+    image_id = loaded.model.config.image_token_id
+    split = int((prepare_inputs(loaded, image, DEFAULT_INSTRUCTION)["input_ids"] == image_id).sum())
+    loaded.extras["processor_kwargs"] = {"do_image_splitting": False}
+    single = int((prepare_inputs(loaded, image, DEFAULT_INSTRUCTION)["input_ids"] == image_id).sum())
+    # tiny processor: 64-px resize -> 2x2 tiles of 32 px + the global view, 4 tokens each
+    assert (split, single) == (5 * 4, 4)

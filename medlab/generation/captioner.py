@@ -53,7 +53,7 @@ def prepare_inputs(loaded: Any, image: Any, instruction: str) -> dict[str, Any]:
     when the template already writes one."""
     inputs = loaded.processor.apply_chat_template(
         chat_messages(instruction, image), add_generation_prompt=True, tokenize=True, return_dict=True,
-        return_tensors="pt",
+        return_tensors="pt", processor_kwargs=dict(loaded.extras.get("processor_kwargs") or {}),
     )
     out = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in inputs.items()}
     dtype = getattr(loaded.model, "dtype", None)

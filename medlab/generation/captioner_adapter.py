@@ -81,19 +81,55 @@ def load_adapter_config(spec: ModelSpec, source: ModelSource, device: str, progr
 
 
 def attach_adapter(model: Any, adapter: ModelSource, config: dict[str, Any], progress: Progress) -> Any:
-    """The base model wrapped in peft's PeftModel with the adapter loaded (not merged)."""
+    """The base model wrapped in peft's PeftModel with the adapter loaded (not merged), after
+    checking that it really took: LoRA layers were injected and every weight in the file found
+    its module (peft only warns about missing keys and ignores unexpected ones, which would
+    leave a silently partial or no-op adapter)."""
     from medlab.core.load_errors import translate_load_errors
 
     progress(0.8, "Attaching the LoRA adapter")
     with translate_load_errors(adapter):
-        from peft import PeftModel
+        from peft import LoraConfig, PeftModel
+        from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
 
-        kwargs: dict[str, Any] = {"is_trainable": False}
-        if adapter.revision and not adapter.is_local:
-            kwargs["revision"] = adapter.revision
-        model = PeftModel.from_pretrained(model, adapter.location, **kwargs)
+        hub: dict[str, Any] = {"revision": adapter.revision} if adapter.revision and not adapter.is_local else {}
+        lora = LoraConfig.from_pretrained(adapter.location, **hub)
+        lora.inference_mode = True
+        # What PeftModel.from_pretrained does, keeping load_adapter's result to check it.
+        wrapper = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(lora.task_type, PeftModel)
+        model = wrapper(model, lora, ADAPTER_NAME)
+        result = model.load_adapter(adapter.location, ADAPTER_NAME, is_trainable=False, **hub)
+    verify_adapter(model, result, adapter)
     log.info("attached LoRA adapter %s (r=%s, alpha=%s)", adapter.location, config.get("r"), config.get("lora_alpha"))
     return model
+
+
+ADAPTER_NAME = "default"
+
+
+def verify_adapter(model: Any, result: Any, adapter: ModelSource) -> None:
+    """Raise ModelUnavailableError unless LoRA layers are attached and the file's keys matched."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = sum(1 for m in model.modules() if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    unexpected = list(result.unexpected_keys)
+    problems = []
+    if layers == 0:
+        problems.append("no LoRA layer was attached (its target_modules match no module of the base model)")
+    if missing:
+        problems.append(f"{len(missing)} LoRA weight(s) of the attached layers are missing from the file "
+                        f"(e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weight(s) in the file match no module of the base model "
+                        f"(e.g. {unexpected[0]})")
+    if problems:
+        raise ModelUnavailableError(
+            ADAPTER_KEY,
+            f"the adapter {adapter.location} does not fit the base model: " + "; ".join(problems) + ".",
+            f"point {adapter.env_var} at an adapter trained for this base model (its adapter_config.json names "
+            "base_model_name_or_path), or set it to 'none'.",
+        )
 
 
 def uses_adapter() -> bool:
@@ -107,7 +143,9 @@ def uses_adapter() -> bool:
 
 def adapter_info() -> dict[str, Any]:
     """What the adapter is (for the tab): source, rank, alpha, targets - read without loading
-    the base model. Empty when no adapter is configured or its config cannot be read."""
+    the base model. Empty when no adapter is configured; {"source", "error"} when the setting
+    or the adapter's configuration cannot be used, with the reason."""
+    source: ModelSource | None = None
     try:
         source = adapter_source()
         if source is None:
@@ -120,8 +158,11 @@ def adapter_info() -> dict[str, Any]:
                 return {"source": source.location}
             source = replace(source, location=str(snap), is_local=True)
         config = read_adapter_config(source)
-    except MedlabError:
-        return {}
+        check_lora_config(config, source)
+    except MedlabError as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        fix = getattr(exc, "fix", "")
+        return {"source": source.location if source else None, "error": reason + (f" Fix: {fix}" if fix else "")}
     return {
         "source": source.location,
         "r": config.get("r"),
