@@ -19,6 +19,11 @@ import sys
 from medlab.core.zerogpu import import_spaces_first  # noqa: E402
 
 import_spaces_first()
+# unsloth patches transformers' classes when imported, so where it will be used (CUDA +
+# unsloth installed) it comes next, before anything imports transformers; elsewhere a no-op.
+from medlab.generation.captioner_backends import import_unsloth_first  # noqa: E402
+
+import_unsloth_first()
 
 # Before gradio is imported: no analytics calls home (the only network use is the Hub).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -136,10 +136,6 @@ def compare_adapter(
 def build() -> None:
     from medlab.generation.captioner import captioner_backend
     from medlab.generation.captioner_adapter import uses_adapter
-    from medlab.generation.captioner_backends import import_unsloth_first
-
-    import_unsloth_first()  # before anything imports transformers; a no-op without CUDA + unsloth
-
     disclaimer()
     # With a remote server the local weights do not matter: no "cannot run here" banner.
     local = captioner_backend() == "local"

@@ -220,6 +220,8 @@ def cuda_expected(settings: Settings | None = None) -> bool:
     settings = settings or load_settings()
     if settings.device == "cpu":
         return False
+    if settings.zero_gpu:  # ZeroGPU attaches a GPU per call; none is visible at start-up
+        return True
     torch = sys.modules.get("torch")
     if torch is not None:
         return bool(torch.cuda.is_available())

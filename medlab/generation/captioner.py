@@ -29,7 +29,7 @@ from medlab.generation.captioner_adapter import ADAPTER_KEY, CAPTIONER_KEY
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ADAPTER_KEY", "CAPTIONER_KEY", "caption", "caption_stream", "captioner_backend", "get_captioner",
+__all__ = ["ADAPTER_KEY", "CAPTIONER_KEY", "caption", "caption_stream", "captioner_backend", "captioner_lease",
            "load_radiograph", "next_token_logits", "prepare_inputs"]
 
 
@@ -72,12 +72,15 @@ def _adapter_context(loaded: Any, use_adapter: bool) -> Callable[[], contextlib.
     return loaded.model.disable_adapter
 
 
-def get_captioner(progress: Progress | None = None) -> Any:
-    """The loaded captioner, refusing fast (with the memory reason) where it cannot run."""
-    from medlab.core.loaders import check_hardware, get_model
+@contextlib.contextmanager
+def captioner_lease(progress: Progress | None = None) -> Iterator[Any]:
+    """The loaded captioner held through a cache lease (never evicted while a description
+    streams), refusing fast (with the memory reason) where it cannot run."""
+    from medlab.core.loaders import check_hardware, use_model
 
     check_hardware(CAPTIONER_KEY)  # before the cache's budget check: it names the GPU as the fix
-    return get_model(CAPTIONER_KEY, progress)
+    with use_model(CAPTIONER_KEY, progress) as loaded:
+        yield loaded
 
 
 class GenerationBackend(Protocol):
@@ -94,14 +97,14 @@ class LocalGeneration:
 
         check_hardware(CAPTIONER_KEY)  # refuse an impossible model before anything else
         pil = load_radiograph(image)  # bad input fails before a (slow) model load
-        loaded = get_captioner(progress)
-        context = _adapter_context(loaded, settings.use_adapter)
-        inputs = prepare_inputs(loaded, pil, instruction)
-        started = time.perf_counter()
-        yield from stream_generate(
-            loaded.model, loaded.processor.tokenizer, inputs, settings.generate_kwargs(),
-            lock=loaded.extras.get("lock"), cancel=cancel, context=context,
-        )
+        with captioner_lease(progress) as loaded:  # held until the stream ends or is closed
+            context = _adapter_context(loaded, settings.use_adapter)
+            inputs = prepare_inputs(loaded, pil, instruction)
+            started = time.perf_counter()
+            yield from stream_generate(
+                loaded.model, loaded.processor.tokenizer, inputs, settings.generate_kwargs(),
+                lock=loaded.extras.get("lock"), cancel=cancel, context=context,
+            )
         log.info("caption (adapter=%s) took %.2fs", settings.use_adapter, time.perf_counter() - started)
 
 
@@ -153,12 +156,12 @@ def next_token_logits(image: Any, instruction: str | None = None, use_adapter: b
     Shows students, below the level of sampled text, that the adapter changes the computation."""
     import torch
 
-    loaded = get_captioner()
-    inputs = prepare_inputs(loaded, load_radiograph(image), check_instruction(instruction))
-    context = _adapter_context(loaded, use_adapter)
-    lock = loaded.extras.get("lock") or contextlib.nullcontext()
-    with lock, torch.inference_mode(), (context() if context else contextlib.nullcontext()):
-        logits = loaded.model(**inputs).logits[0, -1]
+    with captioner_lease() as loaded:
+        inputs = prepare_inputs(loaded, load_radiograph(image), check_instruction(instruction))
+        context = _adapter_context(loaded, use_adapter)
+        lock = loaded.extras.get("lock") or contextlib.nullcontext()
+        with lock, torch.inference_mode(), (context() if context else contextlib.nullcontext()):
+            logits = loaded.model(**inputs).logits[0, -1]
     return logits.float().cpu()
 
 

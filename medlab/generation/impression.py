@@ -187,7 +187,7 @@ def impression_stream(
     progress: Progress | None = None,
 ) -> Iterator[ImpressionUpdate]:
     """Generate the impression for findings (or a whole report); stream when num_beams == 1."""
-    from medlab.core.loaders import get_model
+    from medlab.core.loaders import use_model
 
     settings = (settings or ImpressionSettings()).validated()
     parts = split_report(check_text(text))
@@ -200,22 +200,22 @@ def impression_stream(
     if ref is None and parts.impression:
         ref = parts.impression
         notes.append("Used the report's IMPRESSION section as the reference for ROUGE.")
-    loaded = get_model(KEY, progress)
-    encoded = encode(loaded, [parts.findings])
-    if encoded.truncated(0):
-        notes.append(truncation_notice(encoded.n_tokens[0], encoded.limit))
-    started = time.perf_counter()
-    generated = ""
-    if settings.num_beams == 1:
-        from medlab.generation.streaming import stream_generate
+    with use_model(KEY, progress) as loaded:  # a lease: not evicted while generating
+        encoded = encode(loaded, [parts.findings])
+        if encoded.truncated(0):
+            notes.append(truncation_notice(encoded.n_tokens[0], encoded.limit))
+        started = time.perf_counter()
+        generated = ""
+        if settings.num_beams == 1:
+            from medlab.generation.streaming import stream_generate
 
-        for generated in stream_generate(loaded.model, loaded.tokenizer, encoded.inputs,
-                                         settings.generate_kwargs(), cancel=cancel):
-            yield ImpressionUpdate(generated, False, parts.findings, ref, None, list(notes))
-    else:
-        if progress is not None:
-            progress(0.5, f"Beam search with {settings.num_beams} beams (the text appears when it finishes)")
-        generated = generate_texts(loaded, encoded, settings)[0]
+            for generated in stream_generate(loaded.model, loaded.tokenizer, encoded.inputs,
+                                             settings.generate_kwargs(), cancel=cancel):
+                yield ImpressionUpdate(generated, False, parts.findings, ref, None, list(notes))
+        else:
+            if progress is not None:
+                progress(0.5, f"Beam search with {settings.num_beams} beams (the text appears when it finishes)")
+            generated = generate_texts(loaded, encoded, settings)[0]
     generated = generated.strip()
     scores = rouge(generated, ref) if ref else None
     yield ImpressionUpdate(generated, True, parts.findings, ref, scores, notes, time.perf_counter() - started)

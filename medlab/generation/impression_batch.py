@@ -179,28 +179,28 @@ def evaluate_batch(
     output_dir: Path | None = None,
 ) -> BatchResult:
     """Generate an impression per row, score it against its reference, summarise, save CSV."""
-    from medlab.core.loaders import get_model
+    from medlab.core.loaders import use_model
 
     settings = (settings or ImpressionSettings()).validated()
     report = progress or (lambda fraction, message: None)
     rows, notes = read_batch_file(path, max_rows)
-    loaded = get_model(KEY, progress)
-    started = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    truncated = 0
-    for start in range(0, len(rows), BATCH_SIZE):
-        chunk = rows[start:start + BATCH_SIZE]
-        report(start / len(rows), f"Generating impressions {start + 1}-{start + len(chunk)} of {len(rows)}")
-        encoded = encode(loaded, [r.findings for r in chunk])
-        generated = generate_texts(loaded, encoded, settings)
-        for j, (row, text) in enumerate(zip(chunk, generated)):
-            cut = encoded.truncated(j)
-            truncated += cut
-            record: dict[str, Any] = {"row": row.row, "findings": row.findings, "reference": row.reference or "",
-                                      "generated": text, "truncated": cut}
-            scores = rouge(text, row.reference) if row.reference else {}
-            record.update({name: scores.get(name) for name in ROUGE_TYPES})
-            results.append(record)
+    with use_model(KEY, progress) as loaded:  # a lease for the whole batch
+        started = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        truncated = 0
+        for start in range(0, len(rows), BATCH_SIZE):
+            chunk = rows[start:start + BATCH_SIZE]
+            report(start / len(rows), f"Generating impressions {start + 1}-{start + len(chunk)} of {len(rows)}")
+            encoded = encode(loaded, [r.findings for r in chunk])
+            generated = generate_texts(loaded, encoded, settings)
+            for j, (row, text) in enumerate(zip(chunk, generated)):
+                cut = encoded.truncated(j)
+                truncated += cut
+                record: dict[str, Any] = {"row": row.row, "findings": row.findings, "reference": row.reference or "",
+                                          "generated": text, "truncated": cut}
+                scores = rouge(text, row.reference) if row.reference else {}
+                record.update({name: scores.get(name) for name in ROUGE_TYPES})
+                results.append(record)
     report(1.0, "Scoring")
     scored = [r for r in results if r["rouge1"] is not None]
     summary = summarize([{n: r[n] for n in ROUGE_TYPES} for r in scored])
