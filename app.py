@@ -68,8 +68,8 @@ def build_app() -> gr.Blocks:
                 module = importlib.import_module(name)
                 with gr.Tab(module.TITLE, id=module.TAB_ID):
                     module.build()
+        localize(demo)  # every UI string -> a gr.I18n key (locales/*.json); the API stays English
         finalize_page_load(demo)  # one private page-load event fills every status panel
-    localize(demo)  # every UI string -> a gr.I18n key (locales/*.json); the API stays English
     atomic_image_cache_writes()
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo

@@ -36,6 +36,9 @@ TEXT_ATTRS = ("label", "info", "placeholder")
 VALUE_IS_TEXT = ("Markdown", "Button", "HTML", "UploadButton", "DownloadButton")
 # Components whose choices are (display name, value) pairs: only the display name changes.
 HAS_CHOICES = ("Radio", "Dropdown", "CheckboxGroup")
+# Examples (gr.Dataset): column headers and sample labels, which Gradio's frontend does not
+# translate; they are sent translated by the app's page-load event instead (see localize).
+DATASET_LISTS = ("headers", "sample_labels")
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -67,14 +70,10 @@ def key_for(text: str) -> str | None:
     return _key_of_text().get(text)
 
 
-def _icu_escape(text: str) -> str:
-    """Gradio's frontend formats messages as ICU MessageFormat: quote ' { } so they show as typed."""
-    return text.replace("'", "''").replace("{", "'{'").replace("}", "'}'")
-
-
 def gradio_i18n() -> gr.I18n:
-    """The gr.I18n for launch(i18n=...): every locale's table, ICU-escaped."""
-    return gr.I18n(**{code: {k: _icu_escape(v) for k, v in entries.items()} for code, entries in table().items()})
+    """The gr.I18n for launch(i18n=...): every locale's table. The frontend (svelte-i18n) shows
+    a message without values as written, so '{label}' and quotes need no ICU escaping."""
+    return gr.I18n(**{code: dict(entries) for code, entries in table().items()})
 
 
 # -- the strings of a built app ---------------------------------------------------------------
@@ -109,6 +108,11 @@ def ui_strings(demo: gr.Blocks) -> Iterator[Slot]:
                 display = choice[0] if isinstance(choice, (tuple, list)) else choice
                 if isinstance(display, str) and _worth_translating(display):
                     yield Slot(block, "choices", display, i)
+        if isinstance(block, gr.Dataset):
+            for attr in DATASET_LISTS:
+                for i, text in enumerate(getattr(block, attr, None) or []):
+                    if isinstance(text, str) and _worth_translating(text):
+                        yield Slot(block, attr, text, i)
 
 
 def missing(demo: gr.Blocks) -> list[str]:
@@ -121,18 +125,29 @@ def missing(demo: gr.Blocks) -> list[str]:
 
 
 def localize(demo: gr.Blocks) -> gr.Blocks:
-    """Swap every UI string that en.json holds for its gr.I18n key (idempotent), and keep the
-    API description (/info, view_api) in English. Strings en.json lacks stay as written."""
+    """Swap every UI string that en.json holds for its gr.I18n key, and keep the API
+    description (/info, view_api) in English. Strings en.json lacks stay as written.
+
+    Call it inside `with demo:`, before tabs.common.finalize_page_load: examples' headers and
+    sample labels join the app's one page-load event, which sends them in the page's language."""
+    datasets: dict[int, Any] = {}
     for slot in list(ui_strings(demo)):
         key = key_for(slot.text)
         if key is None:
             continue
-        if slot.attr == "choices":
+        if slot.attr in DATASET_LISTS:
+            datasets[slot.block._id] = slot.block
+        elif slot.attr == "choices":
             value = slot.block.choices[slot.index]
             pair_value = value[1] if isinstance(value, (tuple, list)) else value
             slot.block.choices[slot.index] = (I18nData(key), pair_value)
         else:
             setattr(slot.block, slot.attr, I18nData(key))
+    if datasets:
+        from tabs.common import on_page_load
+
+        for dataset in datasets.values():
+            on_page_load(dataset, functools.partial(_dataset_update, dataset), gr.update())
     if not getattr(demo, "_medlab_api_info_english", False):
         original = demo.get_api_info
 
@@ -142,6 +157,18 @@ def localize(demo: gr.Blocks) -> gr.Blocks:
         demo.get_api_info = get_api_info  # type: ignore[method-assign]
         demo._medlab_api_info_english = True  # type: ignore[attr-defined]
     return demo
+
+
+def _dataset_update(dataset: gr.Dataset) -> Any:
+    """The examples' headers and sample labels in the page's language (no change in English)."""
+    if request_locale() == SOURCE_LOCALE:
+        return gr.update()
+    changes = {}
+    for attr in DATASET_LISTS:
+        texts = getattr(dataset, attr, None)
+        if texts:
+            changes[attr] = [translate(t) if isinstance(t, str) else t for t in texts]
+    return gr.update(**changes)
 
 
 def _english(obj: Any) -> Any:
