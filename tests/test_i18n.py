@@ -5,8 +5,10 @@ the API keeps stable English."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import string
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,10 +28,21 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 @pytest.fixture(scope="module")
-def demo() -> gr.Blocks:
+def demo(tiny_model_env: dict[str, str]) -> Iterator[gr.Blocks]:
+    """The app as the live tests build it: every model configured, so panels that only exist
+    with a model (e.g. the LoRA adapter's card) are built too."""
     import app
 
-    return app.build_app()
+    saved = {k: os.environ.get(k) for k in tiny_model_env}
+    os.environ.update(tiny_model_env)
+    try:
+        yield app.build_app()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def fake_request(accept_language: str | None, user: str = "app") -> SimpleNamespace:
