@@ -229,3 +229,24 @@ def test_the_ui_error_boundary_translates_for_the_page_only() -> None:
                                             else "出现意外错误（ZeroDivisionError）。错误已记录；请换一个输入再试。")
         finally:
             LocalContext.request.reset(token)
+
+
+# The Chinese text adds a note to these two (UI language, what stays English): one more <em>
+# and one more <strong> than the English.
+EXTRA_MARKUP = {"app.md.medical_ai_lab_educational_use_only": {"<em>": 1},
+                "about.md.medical_ai_lab_try_five_medical": {"<strong>": 1}}
+
+
+def test_translations_keep_the_markdown_structure() -> None:
+    """Bold, italics, code, headings, tables and lists survive translation. CommonMark does not
+    close ** after full-width punctuation followed by a CJK character (**所见（Findings）**写),
+    which would show literal asterisks: rendering both languages catches it."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark").enable("table")
+    for key, text in EN.items():
+        english, chinese = md.render(text), md.render(ZH[key])
+        for tag in ("<strong>", "<em>", "<code>", "<h3>", "<h4>", "<table>", "<li>", "<blockquote>"):
+            expected = english.count(tag) + EXTRA_MARKUP.get(key, {}).get(tag, 0)
+            assert chinese.count(tag) == expected, (key, tag)
+        assert "**" not in re.sub(r"<code>.*?</code>", "", chinese), key
