@@ -64,22 +64,32 @@ def english_probes() -> list[tuple[str, str, bool]]:
 
 
 @pytest.fixture(scope="module")
-def zh_page(live_app: tuple[str, object]) -> Any:
+def browser() -> Any:
     from playwright.sync_api import sync_playwright
 
-    url, _client = live_app
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
         try:
-            context = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            page.goto(url)
-            # the page-load event has run: it sends the examples' labels in Chinese
-            page.wait_for_function("t => document.body.innerText.includes(t)", arg=ZH["skin.example.synthetic_lesion"],
-                                   timeout=TIMEOUT_MS)
-            yield page
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def open_app(browser: Any, url: str, locale: str, ready_text: str) -> Any:
+    """A page of the app in a browser whose language is `locale`, once the page-load event has
+    run (it sends the examples' labels, so `ready_text` is one of them)."""
+    context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_function("t => document.body.innerText.includes(t)", arg=ready_text, timeout=TIMEOUT_MS)
+    return page
+
+
+@pytest.fixture(scope="module")
+def zh_page(browser: Any, live_app: tuple[str, object]) -> Any:
+    page = open_app(browser, live_app[0], "zh-CN", ZH["skin.example.synthetic_lesion"])
+    yield page
+    page.context.close()
 
 
 def _visible_text(page: Any) -> str:
@@ -163,3 +173,17 @@ def test_the_api_still_answers_in_english(live_app: tuple[str, object]) -> None:
         client.predict(None, api_name="/skin_classify")
     message = str(caught.value)
     assert "No image was given" in message and not re.search(r"[\u4e00-\u9fff]", message)
+
+
+@pytest.mark.parametrize("locale", ["en-US", "fr-FR"])
+def test_other_languages_get_the_english_page(browser: Any, live_app: tuple[str, object], locale: str) -> None:
+    """English, and any language without a locales/ file, shows the English text: keys never
+    leak onto the page, and the examples keep their English labels."""
+    page = open_app(browser, live_app[0], locale, EN["skin.example.synthetic_lesion"])
+    try:
+        text = _visible_text(page)
+    finally:
+        page.context.close()
+    assert EN["skin.tab.skin_lesion"] in text and EN["pathology.tab.pathology_search"] in text
+    assert "__i18n__" not in text and not re.search(r"\b[a-z_]+\.(md|label|button|tab|accordion|examples)\.", text)
+    assert not re.search(r"[\u4e00-\u9fff]", text)
