@@ -79,10 +79,13 @@ def test_every_language_is_complete_and_really_translated() -> None:
     untranslated = [k for k in ZH if k not in SAME_IN_EVERY_LANGUAGE and not CJK.search(ZH[k])]
     assert untranslated == []
     # Run-time templates keep their fields ({title}, {reason}...), so str.format works in both.
-    for key, text in EN.items():
-        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f} if key.split(".")[0] in ("runtime", "error") else set()
-        zh_fields = {f for _, f, _, _ in string.Formatter().parse(ZH[key]) if f} if fields else set()
-        assert fields == zh_fields, key
+    def fields(text: str) -> set[str]:
+        return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+    for key in EN:
+        if key.split(".")[0] in ("runtime", "error"):
+            assert fields(EN[key]) == fields(ZH[key]), key
+    assert fields(EN["runtime.banner_unavailable"]) == {"title", "reason", "fix"}
 
 
 def test_disclaimer_is_translated_on_every_tab(demo: gr.Blocks) -> None:
