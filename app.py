@@ -37,6 +37,7 @@ import gradio as gr  # noqa: E402
 from medlab import DISCLAIMER  # noqa: E402
 from medlab.core.config import load_settings  # noqa: E402
 from tabs.common import finalize_page_load  # noqa: E402
+from tabs.i18n import gradio_i18n, localize  # noqa: E402
 
 log = logging.getLogger("medlab.app")
 
@@ -72,6 +73,7 @@ def build_app() -> gr.Blocks:
                 module = importlib.import_module(name)
                 with gr.Tab(module.TITLE, id=module.TAB_ID):
                     module.build()
+        localize(demo)  # every UI string -> a gr.I18n key (locales/*.json); the API stays English
         finalize_page_load(demo)  # one private page-load event fills every status panel
     atomic_image_cache_writes()
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
@@ -142,6 +144,7 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
         "css": CSS,
         "footer_links": ["api", "gradio"],
         "ssr_mode": False,
+        "i18n": gradio_i18n(),  # the page follows the browser's language (README "Languages")
     }
 
 

@@ -16,6 +16,7 @@ import gradio as gr
 
 from medlab import DISCLAIMER
 from medlab.core.errors import MedlabError
+from tabs.i18n import error_message, translate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def finalize_page_load(demo: gr.Blocks) -> None:
             except Exception as exc:  # noqa: BLE001 - one panel must not blank the page
                 log.warning("page-load refresh of %s failed: %s", getattr(component, "label", component), exc)
                 values.append(placeholder)
-        return values
+        # Text that locales/en.json holds shows in the page's language (unknown text unchanged).
+        return [translate(v) if isinstance(v, str) else v for v in values]
 
     demo.load(refresh_all, inputs=None, outputs=[c for c, _, _ in entries], api_visibility="private",
               queue=False, show_progress="hidden")
@@ -172,15 +174,14 @@ def disclaimer() -> gr.Markdown:
 
 
 def _to_gr_error(exc: Exception) -> gr.Error:
+    # The page gets the message in its language (by the error's class, tabs.i18n); API callers
+    # get the engine's English text.
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, MedlabError):
-        return gr.Error(str(exc), print_exception=False)
+        return gr.Error(error_message(exc), print_exception=False)
     log.exception("unexpected error in a handler")
-    return gr.Error(
-        f"Something went wrong ({type(exc).__name__}). The error was logged; please try another input.",
-        print_exception=False,
-    )
+    return gr.Error(translate("error.unexpected", None, kind=type(exc).__name__), print_exception=False)
 
 
 def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -239,7 +240,7 @@ def model_card(key: str, label: str = "Model card") -> None:
         card = gr.Markdown("Loading the model card…")
         gallery = gr.Gallery(label="Evaluation plots (from the report next to the weights)", columns=3,
                              height="auto", object_fit="contain", show_label=True)
-    on_page_load(card, lambda: card_markdown(key), "The model card could not be read.")
+    on_page_load(card, lambda: card_markdown(key), "The model card could not be read.")  # en.json: runtime.*
     on_page_load(gallery, plots, [])
 
 
@@ -252,9 +253,10 @@ def availability_banner(*keys: str) -> gr.Markdown:
         for key in keys:
             avail = availability(key)
             if avail.status == "unavailable":
-                lines.append(f"❌ **{avail.title}** cannot run here: {avail.reason}  \n**Fix:** {avail.fix}")
+                lines.append(translate("runtime.banner_unavailable", None, title=avail.title, reason=avail.reason,
+                                       fix=avail.fix))
             elif avail.status == "downloadable":
-                lines.append(f"ℹ️ **{avail.title}** {avail.reason}.")
+                lines.append(translate("runtime.banner_downloadable", None, title=avail.title, reason=avail.reason))
         return "\n\n".join(lines)
 
     banner = gr.Markdown("")
