@@ -6,12 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh requirements-dev.txt
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing Debian chromium for the browser test..."
+# Debian packages the browser tests need: chromium (hard dependency) and a CJK font so the
+# zh-CN screenshots show characters, not boxes.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages for the browser tests: ${missing[*]}"
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "chromium is missing and this user cannot apt-get install it: install Debian's chromium, then rerun" >&2
+    echo "${missing[*]} missing and this user cannot apt-get install: install them, then rerun" >&2
     exit 1
   fi
 fi
