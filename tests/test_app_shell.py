@@ -153,3 +153,24 @@ def test_model_event_refuses_its_own_concurrency() -> None:
 
     with pytest.raises(TypeError, match="lane sets the concurrency"):
         model_event(lambda *a, **k: None, lambda: None, concurrency_limit=5)
+
+
+def test_space_front_matter_names_every_default_model() -> None:
+    """The Space card links every Hub model the app can use by default (models:), and the
+    weights of the CPU defaults are preloaded at build time (preload_from_hub)."""
+    import yaml
+
+    from medlab.core.registry import DEFAULT_BY_DEVICE, KNOWN_CHECKPOINTS, SPECS
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    front = yaml.safe_load(text.split("---\n")[1])
+    specs = list(SPECS.values()) + [s for by in DEFAULT_BY_DEVICE.values() for s in by.values()]
+    specs += [s for known in KNOWN_CHECKPOINTS.values() for s in known]
+    hub_defaults = {s.default_source for s in specs if s.default_source and "/" in s.default_source
+                    and not s.default_source.startswith("pypi:")}
+    assert hub_defaults <= set(front["models"]), hub_defaults - set(front["models"])
+    preloaded = {entry.split()[0] for entry in front["preload_from_hub"]}
+    cpu_defaults = {DEFAULT_BY_DEVICE["captioner"]["cpu"].default_source, SPECS["skin"].default_source,
+                    SPECS["impression"].default_source, SPECS["clip_baseline"].default_source}
+    assert cpu_defaults <= preloaded, cpu_defaults - preloaded
+    assert front["suggested_hardware"] and front["datasets"]
