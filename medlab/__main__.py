@@ -84,6 +84,39 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def prepare_keys() -> list[str]:
+    """The models this machine's default configuration uses: what a classroom must have before
+    going offline (the optional answer writer and an adapter nobody attaches are left out)."""
+    import os
+
+    from medlab.generation.captioner_adapter import uses_adapter
+    from medlab.retrieval.generator import GENERATOR_ENV
+
+    skip = set()
+    if not uses_adapter():
+        skip.add("captioner_adapter")
+    if not os.environ.get(GENERATOR_ENV, "").strip():
+        skip.add("assistant_generator")
+    return [k for k in model_keys() if k not in skip]
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Everything a classroom needs before going offline, idempotent (cached weights and indexed
+    tiles are not fetched again): 1) the default weights, 2) the default pathology index."""
+    from medlab.retrieval.default_index import cli_prepare
+
+    keys = prepare_keys()
+    print(f"== 1/2 model weights: {', '.join(keys)}")
+    if hub_offline():
+        print("HF_HUB_OFFLINE is set: no downloads; what is in the cache is used.")
+        weights = 0
+    else:
+        weights = cmd_download(argparse.Namespace(keys=keys))
+    print("== 2/2 default pathology index")
+    index = cli_prepare(args)
+    return max(weights, index)
+
+
 def _console_progress():  # type: ignore[no-untyped-def]
     def report(fraction: float, message: str) -> None:  # noqa: ARG001 - the message carries the MB
         print(f"\r       {message}", end="", flush=True)
@@ -101,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     download = sub.add_parser("download", help="pre-fetch weights into the Hugging Face cache")
     download.add_argument("keys", nargs="*", metavar="KEY", help=f"model keys (default all): {', '.join(model_keys())}")
     download.set_defaults(func=cmd_download)
-    from medlab.retrieval.default_index import cli_prepare
-
-    prepare = sub.add_parser("prepare", help="build the default pathology index (MEDLAB_PATHOLOGY_SOURCE) now")
-    prepare.set_defaults(func=cli_prepare)
+    prepare = sub.add_parser("prepare", help="before going offline: download the default weights, then build the "
+                                             "default pathology index (MEDLAB_PATHOLOGY_SOURCE); idempotent")
+    prepare.set_defaults(func=cmd_prepare)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -174,3 +174,18 @@ def test_space_front_matter_names_every_default_model() -> None:
                     SPECS["impression"].default_source, SPECS["clip_baseline"].default_source}
     assert cpu_defaults <= preloaded, cpu_defaults - preloaded
     assert front["suggested_hardware"] and front["datasets"]
+
+
+def test_prepare_fetches_what_the_default_configuration_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m medlab prepare` downloads the models this machine's defaults use: not an
+    adapter no base model attaches (CPU default: SmolVLM has none), not the optional answer
+    writer unless it is switched on."""
+    from medlab.__main__ import prepare_keys
+
+    for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_MODEL_CAPTIONER_ADAPTER", "MEDLAB_ASSISTANT_GENERATOR"):
+        monkeypatch.delenv(var, raising=False)
+    keys = prepare_keys()
+    assert {"skin", "captioner", "impression", "plip", "clip_baseline", "embedder"} <= set(keys)
+    assert "captioner_adapter" not in keys and "assistant_generator" not in keys
+    monkeypatch.setenv("MEDLAB_ASSISTANT_GENERATOR", "assistant_generator")
+    assert "assistant_generator" in prepare_keys()
