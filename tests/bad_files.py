@@ -179,6 +179,17 @@ def zip_bomb(d: Path) -> Path:
     return p
 
 
+def one_class_zip(d: Path) -> Path:
+    """Class folders for a teaching set, but only one class."""
+    p = d / "one_class.zip"
+    with zipfile.ZipFile(p, "w") as zf:
+        for i in range(3):
+            buf = io.BytesIO()
+            _noise_rgb(32, seed=i).save(buf, "PNG")
+            zf.writestr(f"only/{i}.png", buf.getvalue())
+    return p
+
+
 def not_a_zip(d: Path) -> Path:
     p = d / "fake.zip"
     p.write_text("PK? no, just text\n")

@@ -170,6 +170,14 @@ def _cases() -> list[Case]:
         Case("pathology_index:zip-bomb", "/pathology_index", bf.zip_bomb, ZIP_BOMB),
         Case("pathology_index:not-a-zip", "/pathology_index", bf.not_a_zip, NOT_ZIP),
         Case("pathology_index:png-not-zip", "/pathology_index", bf.cmyk_jpeg, WRONG_TYPE.format(".zip")),
+        # teaching sets (same archive rules as the pathology zip) and taught-model ids
+        Case("teach_train:zip-traversal", "/teach_train", bf.zip_traversal, ZIP_UNSAFE),
+        Case("teach_train:zip-bomb", "/teach_train", bf.zip_bomb, ZIP_BOMB),
+        Case("teach_train:not-a-zip", "/teach_train", bf.not_a_zip, r"is not a \.?zip archive"),
+        Case("teach_train:png-not-zip", "/teach_train", bf.cmyk_jpeg, WRONG_TYPE.format(".zip")),
+        Case("teach_train:one-class", "/teach_train", bf.one_class_zip, r"at least two classes", names_file=False),
+        Case("teach_use:unknown-id", "/teach_use", text("no-such-model"), r"'no-such-model' is not a taught-model id",
+             (), False),
         # documents
         Case("assistant_add_document:fake-pdf", "/assistant_add_document", bf.fake_pdf, DAMAGED_PDF),
         Case("assistant_add_document:non-utf8-pdf", "/assistant_add_document", bf.non_utf8_pdf, NOT_PDF),
