@@ -160,7 +160,7 @@ def test_space_front_matter_names_every_default_model() -> None:
     weights of the CPU defaults are preloaded at build time (preload_from_hub)."""
     import yaml
 
-    from medlab.core.registry import DEFAULT_BY_DEVICE, KNOWN_CHECKPOINTS, SPECS
+    from medlab.core.specs import DEFAULT_BY_DEVICE, KNOWN_CHECKPOINTS, SPECS
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     front = yaml.safe_load(text.split("---\n")[1])

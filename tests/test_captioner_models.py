@@ -109,6 +109,7 @@ def test_cpu_default_is_the_small_general_model(monkeypatch: pytest.MonkeyPatch)
 
 def test_gpu_default_pairs_the_adapter_only_with_its_own_base(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import medlab.core.registry as registry
+    from medlab.core import specs
     from medlab.generation.captioner_adapter import adapter_source
 
     for var in ("MEDLAB_MODEL_CAPTIONER", "MEDLAB_MODEL_CAPTIONER_ADAPTER"):
@@ -117,7 +118,7 @@ def test_gpu_default_pairs_the_adapter_only_with_its_own_base(monkeypatch: pytes
     spec = registry.get_spec("captioner")
     assert spec.default_source == "unsloth/Llama-3.2-11B-Vision-Instruct" and spec.needs_gpu
     source = adapter_source()
-    assert source is not None and source.location == registry.SPECS["captioner_adapter"].default_source
+    assert source is not None and source.location == specs.SPECS["captioner_adapter"].default_source
     monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER", str(tmp_path))  # another base: no default adapter
     assert adapter_source() is None
 
@@ -127,7 +128,7 @@ def test_a_known_checkpoint_named_by_the_variable_brings_its_own_card(monkeypatc
 
     monkeypatch.setenv("MEDLAB_MODEL_CAPTIONER", "google/medgemma-4b-it")
     spec = get_spec("captioner")
-    assert spec.gated and "MedGemma" in spec.title and spec.dtype == "bfloat16"
+    assert "HF_TOKEN" in spec.licence and "MedGemma" in spec.title and spec.dtype == "bfloat16"
     assert "HF_TOKEN" in spec.licence
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab.core.registry import KATHER_CLASSES
+from medlab.core.specs import KATHER_CLASSES
 from medlab.retrieval import default_index
 from medlab.retrieval.encoders import MODELS
 

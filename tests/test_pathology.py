@@ -13,7 +13,7 @@ import pytest
 
 from medlab.core import errors
 from medlab.retrieval import encoders, image_index, image_search, zero_shot
-from medlab.core.registry import KATHER_CLASSES
+from medlab.core.specs import KATHER_CLASSES
 
 LABELS = ("tumor", "stroma", "fat", "mucus", "debris", "lymphocytes")
 

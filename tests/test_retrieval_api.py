@@ -85,7 +85,7 @@ def test_pathology_similar_returns_the_query_tile_first(live_app: tuple[str, obj
 def test_pathology_zero_shot_gives_both_models_probabilities(live_app: tuple[str, object], indexed: list[Path]) -> None:
     from gradio_client import handle_file
 
-    from medlab.core.registry import KATHER_CLASSES
+    from medlab.core.specs import KATHER_CLASSES
 
     _, client = live_app
     plip, clip, notes = client.predict(handle_file(str(indexed[0])), api_name="/pathology_zero_shot")

@@ -78,7 +78,7 @@ def download_sample(repo: str, split: str, per_class: int, out: Path, seed: int,
     from huggingface_hub import HfApi, hf_hub_download
     from PIL import Image
 
-    from medlab.core.registry import KATHER_CLASSES
+    from medlab.core.specs import KATHER_CLASSES
 
     pq = _need_pyarrow()
     files = [f for f in HfApi().list_repo_files(repo, repo_type="dataset", revision=revision)

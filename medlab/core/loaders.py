@@ -20,7 +20,8 @@ from medlab.core.config import cuda_expected, load_settings, resolve_device
 from medlab.core.errors import InsufficientMemoryError, ModelUnavailableError
 from medlab.core.load_errors import translate_load_errors
 from medlab.core.progress import Progress
-from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
+from medlab.core.registry import ModelSource, get_spec, resolve_source
+from medlab.core.specs import ModelSpec
 from medlab.core.weights import (
     check_state_dict_coverage,
     check_transformers_coverage,

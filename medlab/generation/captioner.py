@@ -168,12 +168,8 @@ def next_token_logits(image: Any, instruction: str | None = None, use_adapter: b
 def captioner_summary() -> dict[str, Any]:
     """What will answer a caption request, for the tab (settings and small files only: no
     torch, no weights): backend, and the endpoint or the base model and adapter."""
-    from medlab.core.registry import (
-        DEFAULT_BY_DEVICE,
-        KNOWN_CHECKPOINTS,
-        get_spec,
-        resolve_source,
-    )
+    from medlab.core.registry import get_spec, resolve_source
+    from medlab.core.specs import DEFAULT_BY_DEVICE, KNOWN_CHECKPOINTS
     from medlab.generation.captioner_adapter import adapter_info
     from medlab.generation.remote import DEFAULT_SERVED_MODEL
 

@@ -14,7 +14,8 @@ from typing import Any
 from medlab.core.config import model_env_var
 from medlab.core.errors import MedlabError, ModelUnavailableError
 from medlab.core.progress import Progress
-from medlab.core.registry import ModelSource, ModelSpec, get_spec, resolve_source
+from medlab.core.registry import ModelSource, get_spec, resolve_source
+from medlab.core.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 

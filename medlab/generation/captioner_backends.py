@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medlab.core.progress import Progress
-from medlab.core.registry import ModelSource, ModelSpec
+from medlab.core.registry import ModelSource
+from medlab.core.specs import ModelSpec
 from medlab.generation.captioner_adapter import (
     CAPTIONER_KEY,
     adapter_source,

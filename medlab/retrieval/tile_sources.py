@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medlab.core.errors import MedlabError
-from medlab.core.registry import KATHER_CLASSES
+from medlab.core.specs import KATHER_CLASSES
 
 log = logging.getLogger(__name__)
 

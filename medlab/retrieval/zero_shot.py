@@ -11,7 +11,7 @@ from typing import Any
 
 from medlab.core.errors import InputError, ModelUnavailableError
 from medlab.core.progress import Progress
-from medlab.core.registry import KATHER_CLASSES
+from medlab.core.specs import KATHER_CLASSES
 from medlab.retrieval.encoders import MODELS, encode_images, encode_texts, logit_scale
 
 DEFAULT_LABELS: tuple[str, ...] = KATHER_CLASSES

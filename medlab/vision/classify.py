@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from medlab.core.errors import ModelUnavailableError
-from medlab.core.registry import ModelSpec
+from medlab.core.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from medlab.core.errors import InputError
 from medlab.core.progress import Progress
-from medlab.core.registry import ModelSpec, get_spec
+from medlab.core.registry import get_spec
+from medlab.core.specs import ModelSpec
 from medlab.vision import classify, gate
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from typing import Any
 
 from medlab.core.errors import InputError
 from medlab.core.progress import Progress
-from medlab.core.registry import ModelSpec, get_spec
+from medlab.core.registry import get_spec
+from medlab.core.specs import ModelSpec
 from medlab.vision import classify, gate
 
 log = logging.getLogger(__name__)
