@@ -83,7 +83,7 @@ def test_unmapped_label_names_the_label_and_the_spec() -> None:
     with pytest.raises(classify.LabelMappingError) as info:
         classify.map_labels(["melanoma", "LABEL_1"], get_spec("skin"))
     message = str(info.value)
-    assert "'LABEL_1'" in message and "'skin' spec" in message and "medlab/core/registry.py" in message
+    assert "'LABEL_1'" in message and "'skin' spec" in message and "medlab/core/specs.py" in message
 
 
 def test_malignant_probability_sums_the_malignant_classes() -> None:

@@ -51,7 +51,7 @@ def map_labels(labels: Sequence[str], spec: ModelSpec) -> list[str]:
                 f"the label_map of the '{spec.key}' spec, which maps {sorted(table)} to "
                 f"{sorted(set(table.values()))}.",
                 f"add {normalise_label(label)!r} to the '{spec.key}' spec's label_map in "
-                "medlab/core/registry.py, or point "
+                "medlab/core/specs.py, or point "
                 f"MEDLAB_MODEL_{spec.key.upper()} at a checkpoint whose id2label uses known names.",
             )
         mapped.append(app)
