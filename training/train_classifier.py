@@ -174,23 +174,15 @@ def build_model(backbone: str, classes: tuple[str, ...], pretrained: bool, image
     """A TimmWrapperForImageClassification with a fresh head for `classes` (saved as a
     standard HF dir: AutoModelForImageClassification + AutoImageProcessor load it)."""
     import timm
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    from medlab.vision.teach.export import wrap_timm
 
     net = timm.create_model(backbone, pretrained=pretrained, num_classes=len(classes))
     pretrained_cfg = dict(net.pretrained_cfg)
     # the processor saved inside config.json resizes to our training size, centre crop 1.0
     pretrained_cfg.update({"input_size": [3, image_size, image_size], "crop_pct": 1.0, "crop_mode": "center"})
     pretrained_cfg.pop("num_classes", None)
-    config = TimmWrapperConfig(
-        architecture=backbone,
-        pretrained_cfg=pretrained_cfg,
-        num_labels=len(classes),
-        id2label=dict(enumerate(classes)),
-        label2id={c: i for i, c in enumerate(classes)},
-    )
-    model = TimmWrapperForImageClassification(config)
-    model.timm_model.load_state_dict(net.state_dict())
-    return model
+    return wrap_timm(net, backbone, pretrained_cfg, classes)
 
 
 def head_parameter_names(model: Any) -> set[str]:

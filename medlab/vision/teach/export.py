@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from medlab.vision.teach.features import Backbone
 from medlab.vision.teach.head import LinearHead
 
 
-def to_hf_model(timm_model: Any, pretrained_cfg: dict[str, Any], backbone: Backbone, classes: list[str],
-                head: LinearHead) -> Any:
-    """The backbone with the taught head in its classifier slot, as a transformers model."""
-    import torch
+def wrap_timm(timm_model: Any, architecture: str, pretrained_cfg: dict[str, Any], classes: Sequence[str]) -> Any:
+    """A timm classifier as a transformers TimmWrapperForImageClassification (id2label from
+    `classes`, the timm preprocessing in its config), so it saves as a standard Hugging Face
+    folder. Shared with training.train_classifier."""
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-    classifier = timm_model.get_classifier()
-    with torch.no_grad():
-        classifier.weight.copy_(torch.from_numpy(head.weight))
-        classifier.bias.copy_(torch.from_numpy(head.bias))
     config = TimmWrapperConfig(
-        architecture=backbone.architecture.split(".")[0],
+        architecture=architecture,
         pretrained_cfg=pretrained_cfg,
         num_labels=len(classes),
         id2label=dict(enumerate(classes)),
@@ -32,7 +29,19 @@ def to_hf_model(timm_model: Any, pretrained_cfg: dict[str, Any], backbone: Backb
     )
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(timm_model.state_dict())
-    return model.eval()
+    return model
+
+
+def to_hf_model(timm_model: Any, pretrained_cfg: dict[str, Any], backbone: Backbone, classes: list[str],
+                head: LinearHead) -> Any:
+    """The backbone with the taught head in its classifier slot, as a transformers model."""
+    import torch
+
+    classifier = timm_model.get_classifier()
+    with torch.no_grad():
+        classifier.weight.copy_(torch.from_numpy(head.weight))
+        classifier.bias.copy_(torch.from_numpy(head.bias))
+    return wrap_timm(timm_model, backbone.architecture.split(".")[0], pretrained_cfg, classes).eval()
 
 
 def card(meta: dict[str, Any]) -> str:
