@@ -39,6 +39,11 @@ PLOT = ROOT / "bench" / "search_recall.png"
 
 
 def plan(quick: bool) -> list[tuple[str, int]]:
+    """(kind, N) stores in build order; MEDLAB_BENCH_SEARCH_PLAN="clip:100000,uniform:100000"
+    picks some (to finish a long build in a run of its own)."""
+    chosen = os.environ.get("MEDLAB_BENCH_SEARCH_PLAN", "").strip()
+    if chosen:
+        return [(k, int(n)) for k, n in (item.split(":") for item in chosen.split(","))]
     if quick:
         return [("clip", 2_000), ("uniform", 2_000)]
     return [("clip", 10_000), ("minilm", 10_000), ("uniform", 10_000),
@@ -303,17 +308,33 @@ def _notes(res: SectionResult, builds: list[dict[str, Any]], measured: list[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m bench.search render IN.json OUT.json: rebuild tables/notes/plot from saved details."""
+    """python -m bench.search render OUT.json IN.json [IN2.json ...]: rebuild tables, notes and
+    the plot from saved section results; stores measured in several runs are combined (the
+    later file wins for the same vectors and N)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 3 or args[0] != "render":
+    if len(args) < 3 or args[0] != "render":
         raise SystemExit(main.__doc__)
-    data = json.loads(Path(args[1]).read_text())
-    res = SectionResult(data["id"], data["title"], status="ok", details=data["details"],
-                        seconds=data.get("seconds", 0.0), load=data.get("load", {}))
+    parts = [json.loads(Path(p).read_text()) for p in args[2:]]
+    details = dict(parts[-1]["details"])
+    builds: dict[tuple[str, int], dict[str, Any]] = {}
+    measured: dict[tuple[str, int], dict[str, Any]] = {}
+    load: dict[str, Any] = {}
+    for part in parts:
+        for b in part["details"]["builds"]:
+            if b.get("count") or (b["kind"], b["n_target"]) not in builds:
+                builds[(b["kind"], b["n_target"])] = b
+        for m in part["details"]["measured"]:
+            measured[(m["kind"], m["n"])] = m
+        load.update(part.get("load", {}))
+    order = {kind: i for i, kind in enumerate(("clip", "minilm", "uniform"))}
+    details["builds"] = sorted(builds.values(), key=lambda b: (b["n_target"], order.get(b["kind"], 9)))
+    details["measured"] = sorted(measured.values(), key=lambda m: (m["n"], order.get(m["kind"], 9)))
+    res = SectionResult(parts[-1]["id"], parts[-1]["title"], status="ok", details=details,
+                        seconds=round(sum(float(p.get("seconds") or 0) for p in parts), 1), load=load)
     render(res)
-    Path(args[2]).write_text(json.dumps(res.to_dict(), indent=1, default=str))
+    Path(args[1]).write_text(json.dumps(res.to_dict(), indent=1, default=str))
     return 0
 
 
