@@ -7,7 +7,8 @@ app's HNSW settings, and vectorstore.upsert in the client's batch size), then se
 exactly the call medlab.retrieval.pathology.search_text makes (query_embeddings, k=8,
 metadatas + distances). Every query's top-8 is compared with the exact top-8 (numpy over all
 stored vectors), so each latency comes with its recall@8, for the app's ef_search and for a
-sweep of ef_search values (chroma lets ef_search change on an existing collection). Exact
+sweep of ef_search values (chroma lets ef_search change on an existing collection; the new
+value applies when the index is next loaded, so the sweep reopens the client). Exact
 numpy search (one BLAS thread) is timed beside it.
 
 Stores are persistent under bench/_work/search/<kind>-n<N> and resumable (ids and vectors
@@ -119,8 +120,14 @@ def measure_store(col: Any, kind: str, n: int, nq: int, app_ef: int) -> dict[str
     q = V.queries(kind, nq)
     exact = V.exact_topk(kind, n, q, K)
     curve = []
+    from medlab.retrieval import vectorstore
+
+    name = col.name
     for ef in sorted(set(EF_SWEEP) | {app_ef}):
-        col.modify(configuration={"hnsw": {"ef_search": ef}})
+        # chroma applies a changed ef_search when the index is (re)loaded, not to an index this
+        # process already holds: reopen the client for each setting
+        vectorstore.reset_clients()
+        col = vectorstore.get_collection(name, ef_search=ef)
         for qi in q[:3]:  # warm-up: loads the HNSW segment
             col.query(query_embeddings=[qi], n_results=K, include=["metadatas", "distances"])
         times, recalls = [], []
@@ -131,7 +138,8 @@ def measure_store(col: Any, kind: str, n: int, nq: int, app_ef: int) -> dict[str
             recalls.append(_recall(res["ids"][0], ex))
         curve.append({"ef_search": ef, "recall": round(float(np.mean(recalls)), 4),
                       "min_recall": round(float(np.min(recalls)), 3), **summary(times)})
-    col.modify(configuration={"hnsw": {"ef_search": app_ef}})
+    vectorstore.reset_clients()
+    vectorstore.get_collection(name, ef_search=app_ef)  # leave the store at the app's setting
     out: dict[str, Any] = {"kind": kind, "n": n, "dim": int(q.shape[1]), "queries": nq, "curve": curve,
                            "app_ef_search": app_ef}
     if n <= 200_000:  # exact search over the in-memory matrix (1M x 512 float32 is 2 GB: not held here)
@@ -293,6 +301,17 @@ def _notes(res: SectionResult, builds: list[dict[str, Any]], measured: list[dict
                 f"{b['kind']} {b['n_target']:,}: {b['count']:,} rows stored; at the measured {rate} rows/s (this box, "
                 f"shared) the rest needs ~{(b['n_target'] - b['count']) / rate / 60:.0f} min more; the build resumes "
                 "on the next run.")
+    for b in builds:
+        if b.get("count") or b["n_target"] < 1_000_000:
+            continue
+        done = [x for x in builds if x["kind"] == b["kind"] and x.get("complete") and x.get("rate_all_runs")]
+        if done:
+            ref = max(done, key=lambda x: x["n_target"])
+            res.notes.append(
+                f"{b['kind']} {b['n_target']:,}: not started in this run; at the {ref['n_target']:,} build's measured "
+                f"{ref['rate_all_runs']} rows/s it needs ~{b['n_target'] / ref['rate_all_runs'] / 3600:.1f} h on this "
+                "shared box (HNSW insertion is the cost: every row searches the graph with ef_construction), "
+                "so 1M is not measured here.")
     clip100 = by.get(("clip", 100_000))
     if clip100 and clip100.get("exact_numpy"):
         ex = clip100["exact_numpy"]["median_ms"]
