@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="run only these sections")
     parser.add_argument("--merge", action="store_true",
                         help="with --only: replace those sections in the existing results.json/.md of --out")
+    parser.add_argument("--sections-from", nargs="*", metavar="JSON",
+                        help="with --merge: merge these section results (written by `python -m bench.section NAME "
+                             "OUT.json`, e.g. a long search-store build) instead of running sections")
     parser.add_argument("--total-budget", type=float, default=None,
                         help="seconds for the whole run (default 870 full, 300 quick)")
     args = parser.parse_args(argv)
@@ -215,7 +218,14 @@ def main(argv: list[str] | None = None) -> int:
                             "load_start": loadavg(), "logs": str(logs)}
     names = [n for n in ORDER if not args.only or n in args.only]
     sections = []
-    for i, name in enumerate(names):
+    if args.sections_from:
+        by_id = {section.number: name for name, section in SECTIONS.items()}
+        for path in args.sections_from:
+            result = json.loads(Path(path).read_text())
+            result.setdefault("wall_seconds", result.get("seconds"))
+            sections.append(result)
+        names = [by_id[s["id"]] for s in sections]
+    for i, name in enumerate([] if args.sections_from else names):
         elapsed = time.perf_counter() - t0
         later = sum(EXPECTED[n] for n in names[i + 1:]) * (0.2 if args.quick else 1.0)
         remaining = total - elapsed
@@ -227,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(result)
     # libgomp spin-wait probe: informative only, so it runs last and only if time is left.
     left = total - (time.perf_counter() - t0)
-    meta["spin_probe"] = spin_probe() if left > 60 else {"ACTIVE": "skipped (no time left)", "PASSIVE": "skipped"}
-    meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    meta["spin_probe"] = spin_probe() if left > 60 and not args.sections_from else {
+        "ACTIVE": "skipped", "PASSIVE": "skipped"}
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 1) if not args.sections_from else round(
+        sum(float(s.get("seconds") or 0) for s in sections), 1)
     meta["load_end"] = loadavg()
     previous = out_dir / "results.json"
     if args.merge and previous.exists():
@@ -242,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in sections:
             if s["id"] in fresh:
                 s.setdefault("notes", []).append(
-                    f"Re-run alone at {started_wall} (`python -m bench --only {' '.join(names)} --merge`), "
-                    f"load average {rerun['load_start']} -> {rerun['load_end']}.")
+                    (f"Run alone with `python -m bench.section {' '.join(names)}` and merged at {started_wall}, "
+                     if args.sections_from else
+                     f"Re-run alone at {started_wall} (`python -m bench --only {' '.join(names)} --merge`), ") +
+                    (f"load averages while it ran: {s.get('load')}." if args.sections_from else
+                     f"load average {rerun['load_start']} -> {rerun['load_end']}."))
     sections.sort(key=lambda s: s["id"])
     merge_warm_switching(sections)
     (out_dir / "results.json").write_text(json.dumps({"run": meta, "sections": sections}, indent=1, default=str))

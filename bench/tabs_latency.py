@@ -26,6 +26,24 @@ QUERY = "An H&E image of colorectal adenocarcinoma epithelium with glands"
 NEW_TOKENS = 64
 
 
+def _launch_retrying(demo: Any, **kwargs: Any) -> int:
+    """Launch on a free port; Gradio's own "is localhost reachable" probe (HEAD, 3 s timeout)
+    can time out on an overloaded box, which it reports as ValueError: try again."""
+    from bench.startup import _free_port
+
+    for attempt in range(3):
+        port = _free_port()
+        try:
+            demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **kwargs)
+            return port
+        except ValueError:
+            demo.close()
+            if attempt == 2:
+                raise
+            log.warning("Gradio's localhost probe timed out; launching again")
+    raise AssertionError("unreachable")
+
+
 def _launch() -> tuple[Any, Any, str]:
     import app as app_module
     from gradio_client import Client
@@ -33,10 +51,9 @@ def _launch() -> tuple[Any, Any, str]:
     from bench.startup import _free_port
 
     demo = app_module.build_app()
-    port = _free_port()
-    extra = {k: v for k, v in app_module.launch_kwargs("127.0.0.1", port, False).items()
+    extra = {k: v for k, v in app_module.launch_kwargs("127.0.0.1", _free_port(), False).items()
              if k not in ("server_name", "server_port", "share")}
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **extra)
+    port = _launch_retrying(demo, **extra)
     url = f"http://127.0.0.1:{port}/"
     client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="bench-dl-"))
     return demo, client, url
@@ -49,8 +66,6 @@ def _echo_app(gallery_files: list[str]) -> tuple[Any, Any]:
     import gradio as gr
     from gradio_client import Client
 
-    from bench.startup import _free_port
-
     with gr.Blocks(analytics_enabled=False) as echo:
         text_in, text_out = gr.Textbox(), gr.Textbox()
         image_in, label_out, image_out = gr.Image(type="filepath"), gr.Label(), gr.Image()
@@ -62,9 +77,7 @@ def _echo_app(gallery_files: list[str]) -> tuple[Any, Any]:
         gr.Button().click(lambda s, k: [(f, f"tile {i}") for i, f in enumerate(gallery_files[: int(k)])],
                           [text_in, number_in], gallery_out, api_name="echo_gallery")
     echo.queue()
-    port = _free_port()
-    echo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                allowed_paths=sorted({str(Path(f).parent) for f in gallery_files}))
+    port = _launch_retrying(echo, ssr_mode=False, allowed_paths=sorted({str(Path(f).parent) for f in gallery_files}))
     return echo, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=tempfile.mkdtemp(prefix="bench-dl-"))
 
 

@@ -134,7 +134,9 @@ def get_collection(name: str, metadata: dict[str, Any] | None = None, ef_search:
 
     A new collection gets HNSW_DEFAULTS (with `hnsw` overrides: max_neighbors, ef_construction);
     those are fixed at creation. `ef_search` (the search beam) can change later, so it is also
-    applied to an existing collection: the given value, or at least the default one."""
+    applied to an existing collection: the given value, or at least the default one. chroma
+    uses a changed ef_search when it next loads the index, i.e. from this process's first query
+    on (an index a process already holds keeps its beam until the client is reopened)."""
     client = get_client()
     config = hnsw_configuration(ef_search=ef_search, **hnsw)
     try:

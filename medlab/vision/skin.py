@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,21 @@ log = logging.getLogger(__name__)
 KEY = "skin"
 
 # The input gate (colour statistics + an EfficientNet-Lite0 object check, tens of ms on CPU)
-# runs in this pool beside the classifier's forward instead of before it: torch releases the
+# runs in a thread beside the classifier's forward instead of before it: torch releases the
 # GIL in its kernels, so the two overlap and the gate no longer adds its time in series.
-_GATE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skin-gate")
+# One pool per process: a forked worker (ZeroGPU runs GPU events in one) must not inherit a
+# pool whose threads stayed behind in the parent.
+_GATE_POOLS: dict[int, ThreadPoolExecutor] = {}
+_GATE_POOLS_LOCK = threading.Lock()
+
+
+def _gate_pool() -> ThreadPoolExecutor:
+    pid = os.getpid()
+    with _GATE_POOLS_LOCK:
+        pool = _GATE_POOLS.get(pid)
+        if pool is None:
+            pool = _GATE_POOLS[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skin-gate")
+        return pool
 
 
 @dataclass
@@ -136,7 +149,7 @@ def classify_skin(path: str | os.PathLike[str], progress: Progress | None = None
     decoded = load_any(path)
     spec = get_spec(KEY)
     # the gate reads its own copy: PIL images are not safe to share between threads
-    pending = _GATE_POOL.submit(gate.check_skin, decoded.image.copy()) if gate_enabled else None
+    pending = _gate_pool().submit(gate.check_skin, decoded.image.copy()) if gate_enabled else None
     loaded = get_model(KEY, progress)
     labels = classify.model_labels(loaded.model)
     classify.map_labels(labels, spec)  # fail before computing anything if the spec does not fit
