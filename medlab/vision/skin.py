@@ -141,7 +141,7 @@ def explanation(threshold: float, band: float, source: str) -> str:
 def classify_skin(path: str | os.PathLike[str], progress: Progress | None = None,
                   gate_enabled: bool = True) -> SkinResult:
     """Decode -> gate -> preprocess -> forward -> postprocess for one uploaded image."""
-    from medlab.core.loaders import get_model
+    from medlab.core.loaders import use_model
     from medlab.io.imaging import load_any
 
     if not path:
@@ -150,11 +150,11 @@ def classify_skin(path: str | os.PathLike[str], progress: Progress | None = None
     spec = get_spec(KEY)
     # the gate reads its own copy: PIL images are not safe to share between threads
     pending = _gate_pool().submit(gate.check_skin, decoded.image.copy()) if gate_enabled else None
-    loaded = get_model(KEY, progress)
-    labels = classify.model_labels(loaded.model)
-    classify.map_labels(labels, spec)  # fail before computing anything if the spec does not fit
-    pixel_values = classify.preprocess(loaded, decoded.image)
-    logits = classify.forward(loaded, pixel_values)
+    with use_model(KEY, progress) as loaded:  # a lease: not evicted during the forward
+        labels = classify.model_labels(loaded.model)
+        classify.map_labels(labels, spec)  # fail before computing anything if the spec does not fit
+        pixel_values = classify.preprocess(loaded, decoded.image)
+        logits = classify.forward(loaded, pixel_values)
     probs = classify.probabilities(logits)
     verdict = pending.result() if pending is not None else gate.GateResult(
         "plausible", "low", ["Input gate switched off."])
