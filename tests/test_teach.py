@@ -120,7 +120,7 @@ def test_use_in_lung_tab_then_restart(taught_run, image_set: Path, data_dir: Pat
         assert result.overlay.size == Image.open(image).size
         assert 0.0 <= result.heatmap.min() and 0.9 < result.heatmap.max() <= 1.0  # resized CAM in [0, 1]
         reset_cache()
-    assert not get_cache().is_loaded("lung_ct")
+    assert "lung_ct" not in get_cache().loaded_keys()
 
     # a three-class texture model cannot become the skin (benign / malignant) model
     from medlab.core.errors import InputError
