@@ -136,6 +136,13 @@ def test_every_tab_in_a_real_browser(live_app: tuple[str, Any], browser: Any) ->
     seen["lung_ct"] = page.locator("body").inner_text()
     page.screenshot(path=str(SHOTS / "lung_ct.png"), full_page=True)
 
+    # Teach a classifier: the tab explains grouped splits and says what has been taught so far
+    _open_tab(page, "Teach a classifier")
+    _wait_text(page, "Use in the Lung CT tab")
+    _wait_text(page, "taught")  # the status line filled on page load (taught models, or none yet)
+    seen["teach"] = page.locator("body").inner_text()
+    page.screenshot(path=str(SHOTS / "teach.png"), full_page=True)
+
     # Radiograph captioning: an example image -> Describe -> streamed text
     _open_tab(page, "Radiograph captioning")
     page.get_by_role("button", name="Describe", exact=True).locator("visible=true").first.wait_for()
@@ -177,7 +184,7 @@ def test_every_tab_in_a_real_browser(live_app: tuple[str, Any], browser: Any) ->
 
     elapsed = time.perf_counter() - start
     print(f"\nBROWSER every tab in {elapsed:.1f} s; screenshots in {SHOTS}")
-    for tab in ("skin", "lung_ct", "radiograph", "impression", "pathology", "about"):
+    for tab in ("skin", "lung_ct", "teach", "radiograph", "impression", "pathology", "about"):
         shot = SHOTS / f"{tab}.png"
         assert shot.is_file() and shot.stat().st_size > 10_000, tab
     assert "malignant" in seen["skin"].lower()
