@@ -55,6 +55,7 @@ def test_first_use_downloads_with_progress_then_works_offline(hub_standin, tmp_p
     assert len(downloads) >= 5, first["progress"]  # the slow file arrives in chunks, each reported
     fractions = [f for f, _ in downloads]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.35, abs=0.01)
+    assert any("MB/s" in m and "s left" in m for _, m in downloads), downloads  # rate and time left shown
     assert first["progress"][-1][0] == 1.0
     # The weights are now in HF_HOME: offline, the same source loads without the Hub...
     again = _try_loads([("skin", "org/skin-slow"), ("skin", "org/skin")],
@@ -64,6 +65,16 @@ def test_first_use_downloads_with_progress_then_works_offline(hub_standin, tmp_p
     never = again["org/skin"]
     assert not never["ok"] and "HF_HUB_OFFLINE" in never["reason"]
     assert "python -m medlab download skin" in never["fix"]
+
+
+def test_download_message_says_bytes_rate_and_time_left() -> None:
+    from medlab.core.hub import download_message
+
+    mb = 2**20
+    # 12 of 48 MB after 12 MB arrived in 2 s: 6 MB/s, 36 MB to go -> 6 s (worked by hand)
+    assert download_message(12 * mb, 48 * mb, 12 * mb, 2.0) == (
+        "Downloading weights: 12.0 of 48.0 MB, 6.0 MB/s, about 6 s left")
+    assert download_message(0, 48 * mb, 0, 0.0) == "Downloading weights: 0.0 of 48.0 MB"  # nothing yet
 
 
 def test_every_hub_failure_is_named_with_its_fix(hub_standin, tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ disk can be checked before any library builds a model from them."""
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,16 @@ def ignore_patterns() -> list[str]:
     return OTHER_FRAMEWORKS if load_settings().allow_pickle else IGNORE_PATTERNS
 
 
+def download_message(done_bytes: float, total_bytes: float, new_bytes: float, seconds: float) -> str:
+    """'Downloading weights: 12.0 of 48.0 MB, 6.0 MB/s, about 6 s left' (rate and time left
+    once something has arrived), so a first use shows movement, not a frozen spinner."""
+    text = f"Downloading weights: {done_bytes / 2**20:.1f} of {total_bytes / 2**20:.1f} MB"
+    if new_bytes > 0 and seconds > 0.2:
+        rate = new_bytes / seconds
+        text += f", {rate / 2**20:.1f} MB/s, about {max(0.0, total_bytes - done_bytes) / rate:.0f} s left"
+    return text
+
+
 def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) -> type:
     """A tqdm stand-in class for huggingface_hub's byte bars that reports the fraction of
     bytes downloaded to `progress`, mapped onto [start, end] of the whole load."""
@@ -37,6 +49,8 @@ def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) ->
             self.unit = unit
             self.desc = desc or ""
             self.disable = False
+            self.started = time.monotonic()
+            self.first = self.n  # bytes already there (a resumed download) do not count for the rate
 
         def __enter__(self) -> _Bar:
             return self
@@ -51,8 +65,8 @@ def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) ->
             self.n += n or 0
             if self.unit == "B" and self.total:
                 done = min(1.0, self.n / self.total)
-                progress(start + (end - start) * done,
-                         f"Downloading weights: {self.n / 2**20:.1f} of {self.total / 2**20:.1f} MB")
+                progress(start + (end - start) * done, download_message(
+                    self.n, self.total, self.n - self.first, time.monotonic() - self.started))
 
         def refresh(self, *args: Any, **kwargs: Any) -> None:
             return None
