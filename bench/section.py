@@ -45,7 +45,9 @@ def run_section(name: str, quick: bool, budget: float) -> SectionResult:
         raise SystemExit(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
     section = SECTIONS[name]
     module = importlib.import_module(f"bench.{section.module}")
-    return module.run(quick, budget_s=budget) if section.takes_budget else module.run(quick)
+    result = module.run(quick, budget_s=budget) if section.takes_budget else module.run(quick)
+    result.id, result.title = section.number, section.title  # the table numbers the sections
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

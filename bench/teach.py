@@ -50,7 +50,7 @@ def make_set(root: Path, n: int, size: int, seed: int = 0) -> Path:
 
 
 def run(quick: bool = False) -> SectionResult:
-    res = SectionResult(8, "Teach a classifier: time to teach, feature-extraction rate vs raw forward")
+    res = SectionResult(9, "Teach a classifier: time to teach, feature-extraction rate vs raw forward")
     started = time.perf_counter()
     n, size = (90, 256) if quick else (int(os.environ.get("BENCH_TEACH_N", "1000")), 512)
     data_dir = WORK / "teach-data"
