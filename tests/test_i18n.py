@@ -253,3 +253,11 @@ def test_translations_keep_the_markdown_structure() -> None:
             expected = english.count(tag) + EXTRA_MARKUP.get(key, {}).get(tag, 0)
             assert chinese.count(tag) == expected, (key, tag)
         assert "**" not in re.sub(r"<code>.*?</code>", "", chinese), key
+
+
+def test_engine_text_copied_into_the_table_matches_the_engine() -> None:
+    """The empty-index help is engine text that the pathology tab translates: en.json holds it
+    word for word, so an edit to the engine's sentence shows up here."""
+    from medlab.retrieval.image_index import EMPTY_INDEX_HELP
+
+    assert EN["runtime.pathology_empty_index"] == EMPTY_INDEX_HELP + " Or press **Index the example tiles**."
