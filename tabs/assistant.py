@@ -51,7 +51,8 @@ def _passages_markdown(answer: Any) -> str:
     parts = []
     for i, p in enumerate(answer.passages, 1):
         quote = p.text if len(p.text) <= 600 else p.text[:600].rsplit(" ", 1)[0] + " …"
-        parts.append(f"**[{i}] {p.citation}** · similarity {p.score:.2f}\n\n> {quote}")
+        parts.append(translate("runtime.assistant_passage", i=i, citation=p.citation, score=f"{p.score:.2f}")
+                     + f"\n\n> {quote}")
     return "\n\n".join(parts)
 
 

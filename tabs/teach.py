@@ -137,18 +137,19 @@ def _status() -> str:
     from medlab.vision.teach import service, taught
 
     lines = []
-    for tab, name in (("lung_ct", "Lung CT"), ("skin", "Skin lesion")):
+    for tab in ("lung_ct", "skin"):
         current = taught.current(tab)
         if current:
-            lines.append(f"- **{name}** tab uses the taught model `{current}`.")
+            lines.append(translate("runtime.teach_tab_uses", tab=translate(f"runtime.teach_tab_{tab}"), model_id=current))
     auto = service.autoteach_status()
     if auto["state"] != "idle":
         lines.append(f"- MEDLAB_LUNG_DATASET: {auto['state']} — {auto['message']}")
     models = taught.list_models()[:10]
     if models:
-        lines.append("\n**Taught in this app** (newest first):")
-        lines += [f"- `{m['model_id']}`: {', '.join(m['classes'])}; {m['n_images']} images from {m['source']}; "
-                  f"held-out accuracy {m['held_out_accuracy']:.3f}" for m in models]
+        lines.append("\n" + translate("runtime.teach_taught_heading"))
+        lines += [translate("runtime.teach_taught_model", model_id=m["model_id"], classes=", ".join(m["classes"]),
+                            n=m["n_images"], source=m["source"], accuracy=f"{m['held_out_accuracy']:.3f}")
+                  for m in models]
     return "\n".join(lines) or "No model has been taught in this app yet."
 
 
