@@ -9,6 +9,7 @@ import gradio as gr
 
 from medlab import DISCLAIMER
 from tabs.common import disclaimer, on_page_load, ui_errors
+from tabs.i18n import translate
 
 TITLE = "About & status"
 TAB_ID = "about"
@@ -31,27 +32,40 @@ this machine says why and how to fix it; the others keep working.
 """
 
 
+# English source text of the column headers; locales/*.json translate them (runtime.about_col_*).
+MODEL_HEADERS = ["model", "status", "source", "licence", "MB loaded", "load s", "notes"]
+DEVICE_HEADERS = ["device", "budget GB", "used GB", "peak GB", "models"]
+STATUS_WORDS = ("loaded", "ready", "downloadable", "unavailable")  # medlab.core.status.Availability.status
+
+
 def _status_table(status: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for key, m in status["models"].items():
         model = status["cache"]["models"].get(key, {})
         rows.append([
             key,
-            m["status"],
+            translate(f"runtime.about_status_{m['status']}") if m["status"] in STATUS_WORDS else m["status"],
             m["source"],
             m["licence"],
             model.get("mb", ""),
             model.get("load_seconds", ""),
-            (m["reason"] + (" Fix: " + m["fix"] if m["status"] == "unavailable" and m["fix"] else "")).strip(),
+            (m["reason"] + (translate("runtime.about_fix", fix=m["fix"])
+                            if m["status"] == "unavailable" and m["fix"] else "")).strip(),
         ])
     return rows
+
+
+def _headed(rows: list[list[Any]], headers: list[str]) -> Any:
+    """The table with its column headers in the page's language (Dataframe headers are not
+    translated by Gradio's frontend, so they are sent with each refresh)."""
+    return gr.Dataframe(value=rows, headers=[translate(h) for h in headers])
 
 
 def _device_table(status: dict[str, Any]) -> list[list[Any]]:
     """One row per device: budget, used and peak memory of the model cache (GB)."""
     rows = []
     for device, d in status["cache"].get("devices", {}).items():
-        budget = "not known yet" if d["budget_gb"] is None else round(d["budget_gb"], 2)
+        budget = translate("runtime.about_not_known_yet") if d["budget_gb"] is None else round(d["budget_gb"], 2)
         rows.append([device, budget, round(d["used_gb"], 3), round(d["peak_gb"], 3), ", ".join(d["models"])])
     return rows
 
@@ -77,21 +91,22 @@ def build() -> None:
     gr.Markdown(f"**Disclaimer.** {DISCLAIMER} Outputs can be wrong in ways that look convincing.")
     refresh = gr.Button("Refresh status", variant="secondary")
     table = gr.Dataframe(
-        headers=["model", "status", "source", "licence", "MB loaded", "load s", "notes"],
+        headers=MODEL_HEADERS,
         label="Models",
         interactive=False,
         wrap=True,
     )
     devices = gr.Dataframe(
-        headers=["device", "budget GB", "used GB", "peak GB", "models"],
+        headers=DEVICE_HEADERS,
         label="Model memory per device (CPU RAM and each GPU have their own budget)",
         interactive=False,
     )
     with gr.Accordion("Raw status (JSON, also at /model_status)", open=False):
         raw = gr.JSON(label="model_status")
-    on_page_load(table, lambda: _status_table(model_status()), None)  # current on every page view
-    on_page_load(devices, lambda: _device_table(model_status()), None)
+    on_page_load(table, lambda: _headed(_status_table(model_status()), MODEL_HEADERS), None)  # on every page view
+    on_page_load(devices, lambda: _headed(_device_table(model_status()), DEVICE_HEADERS), None)
     refresh.click(model_status, inputs=None, outputs=raw, api_name="model_status").then(
-        lambda status: (_status_table(status), _device_table(status)), inputs=raw, outputs=[table, devices],
+        lambda status: (_headed(_status_table(status), MODEL_HEADERS), _headed(_device_table(status), DEVICE_HEADERS)),
+        inputs=raw, outputs=[table, devices],
         api_visibility="private",
     )

@@ -23,6 +23,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.i18n import translate
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def _passages_markdown(answer: Any) -> str:
     parts = []
     for i, p in enumerate(answer.passages, 1):
         quote = p.text if len(p.text) <= 600 else p.text[:600].rsplit(" ", 1)[0] + " …"
-        parts.append(f"**[{i}] {p.citation}** · similarity {p.score:.2f}\n\n> {quote}")
+        parts.append(translate("runtime.assistant_passage", i=i, citation=p.citation, score=f"{p.score:.2f}")
+                     + f"\n\n> {quote}")
     return "\n\n".join(parts)
 
 
@@ -77,7 +79,7 @@ def assistant_ask(question: str, progress: gr.Progress = gr.Progress()) -> tuple
 
 
 def _answer_markdown(answer: Any) -> str:
-    heading = DECLINE_HEADINGS.get(answer.reason, "")
+    heading = translate(DECLINE_HEADINGS.get(answer.reason, ""))  # en.json holds both headings
     return f"{heading}\n\n{answer.markdown()}" if heading else answer.markdown()
 
 
@@ -101,8 +103,8 @@ def assistant_add_document(file: str | None, progress: gr.Progress = gr.Progress
         raise InputError("Choose a PDF to upload first.")
     doc, report = add_document(file, original_name=Path(file).name, progress=progress_callback(progress))
     if report.unchanged and not (report.added or report.updated):
-        return f"**{doc}** is already in the knowledge base (same content); nothing to do."
-    return f"**Added {doc}**: {report.chunks_embedded} passages embedded. It is now searchable and persists across restarts."
+        return translate("runtime.assistant_document_unchanged", doc=doc)
+    return translate("runtime.assistant_document_added", doc=doc, n=report.chunks_embedded)
 
 
 def _documents_markdown() -> str:
@@ -111,9 +113,9 @@ def _documents_markdown() -> str:
 
         docs = knowledge_summary()["documents"]
     except Exception as exc:  # noqa: BLE001 - a status line must never break the page
-        return f"Knowledge base listing unavailable ({type(exc).__name__})."
+        return translate("runtime.assistant_listing_failed", kind=type(exc).__name__)
     uploads = [d for d in docs if d.startswith("uploads/")]
-    return (f"{len(docs)} documents ({len(uploads)} uploaded). The assistant reads them at its first use.\n\n"
+    return (translate("runtime.assistant_documents", n=len(docs), uploaded=len(uploads)) + "\n\n"
             + "\n".join(f"- `{d}`" for d in docs))
 
 

@@ -38,6 +38,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.i18n import translate
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,12 @@ def _notes_markdown(update: ImpressionUpdate) -> str:
     lines = [f"- {n}" for n in update.notes]
     if update.done:
         if update.rouge:
-            lines.append("- ROUGE vs reference: " + ", ".join(f"{k} **{v:.3f}**" for k, v in update.rouge.items()))
+            lines.append(translate("runtime.impression_rouge", scores=", ".join(f"{k} **{v:.3f}**" for k, v in update.rouge.items())))
         else:
-            lines.append("- No reference impression given, so no ROUGE.")
-        lines.append(f"- Generated in {update.seconds:.1f} s.")
+            lines.append(translate("runtime.impression_no_reference"))
+        lines.append(translate("runtime.impression_generated_in", seconds=f"{update.seconds:.1f}"))
     else:
-        lines.append("- Writing…")
+        lines.append(translate("runtime.impression_writing"))
     return "\n".join(lines)
 
 

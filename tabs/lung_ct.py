@@ -17,6 +17,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.i18n import translate
 
 TITLE = "Lung CT"
 TAB_ID = "lung_ct"
@@ -89,12 +90,12 @@ def lung_classify(
 
     result = classify_lung(file, window=window, scenario=scenario, explain=explain, opacity=float(opacity),
                            progress=progress_callback(progress))
-    head = "### ⚠️ Off-domain input: prediction shown for illustration only\n\n" if result.gate.flagged else ""
-    notes = [f"Grad-CAM of **{result.explained_class}** (layer `{result.info.get('cam_layer')}`)."]
+    head = translate("runtime.off_domain_headline") + "\n\n" if result.gate.flagged else ""
+    notes = [translate("runtime.lung_gradcam_of", cls=result.explained_class, layer=result.info.get("cam_layer"))]
     if not result.info.get("model_saw_whole_image"):
-        notes.append("The model's preprocessing crops the centre of this image; the uncoloured border was not seen.")
+        notes.append(translate("runtime.lung_centre_crop"))
     if result.info.get("window"):
-        notes.append(f"DICOM window: {result.info['window']}.")
+        notes.append(translate("runtime.lung_dicom_window", window=result.info["window"]))
     text = head + result.defer.text + "\n\n" + " ".join(notes) + "\n\n" + result.gate.markdown()
     return result.probabilities, result.overlay, text, result.summary()
 

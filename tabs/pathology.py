@@ -26,6 +26,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.i18n import translate
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
 
 def _status(hits: list[Any], what: str, key: str) -> str:
     if not hits:
-        return f"No results for {what}."
-    return f"{len(hits)} best matches for {what} with **{_model_name(key)}** (cosine similarity, 1 = identical direction)."
+        return translate("runtime.pathology_no_results", what=what)
+    return translate("runtime.pathology_matches", n=len(hits), what=what, model=_model_name(key))
 
 
 @ui_errors
@@ -114,7 +115,7 @@ def pathology_similar(image: str | None, k: int = 8, model: str = DEFAULT_MODEL,
     if not image:
         raise InputError("Upload a tile to search with.")
     hits = search_image(image, k=int(k), key=model, progress=progress_callback(progress))
-    return _gallery(hits), [h.id for h in hits], _status(hits, "the uploaded tile", model)
+    return _gallery(hits), [h.id for h in hits], _status(hits, translate("runtime.pathology_what_uploaded"), model)
 
 
 @ui_errors
@@ -125,13 +126,13 @@ def more_like_this(selected: str | None, k: int = 8, model: str = DEFAULT_MODEL)
     if not selected:
         raise InputError("Click a result in the gallery first, then 'More like this'.")
     hits = search_image(item_id=selected, k=int(k), key=model)
-    return _gallery(hits), [h.id for h in hits], _status(hits, "the selected tile (shown first)", model)
+    return _gallery(hits), [h.id for h in hits], _status(hits, translate("runtime.pathology_what_selected"), model)
 
 
 def _select(ids: list[str] | None, evt: gr.SelectData) -> tuple[str | None, str]:
     if not ids or evt.index is None or not 0 <= int(evt.index) < len(ids):
         return None, ""
-    return ids[int(evt.index)], f"Selected result {int(evt.index) + 1}. Press **More like this**."
+    return ids[int(evt.index)], translate("runtime.pathology_selected", n=int(evt.index) + 1)
 
 
 def _label(result: dict[str, Any]) -> dict[str, float] | None:
@@ -167,11 +168,12 @@ def pathology_zero_shot(
     for key in MODELS:
         res = out[key]
         if res["probs"] is None:
-            notes.append(f"❌ **{_model_name(key)}** could not run: {res['error']}")
+            notes.append(translate("runtime.pathology_zero_shot_failed", model=_model_name(key), error=res["error"]))
         else:
             top = max(res["probs"], key=res["probs"].get)
-            notes.append(f"**{_model_name(key)}**: top label *{top}* ({res['probs'][top]:.1%}).")
-    notes.append("Probabilities are relative to the labels given; they are not a diagnosis.")
+            notes.append(translate("runtime.pathology_zero_shot_top", model=_model_name(key), label=top,
+                                   p=f"{res['probs'][top]:.1%}"))
+    notes.append(translate("runtime.pathology_zero_shot_note"))
     return _label(out.get(MODELS[0])), _label(out.get(MODELS[1])), "\n\n".join(notes)
 
 
@@ -212,7 +214,7 @@ def pathology_index(
         else:
             result = index_folder(check_index_root(folder.strip()), key=key, progress=sub)
         lines.append("- " + result.summary())
-    return "**Index updated.**\n" + "\n".join(lines)
+    return translate("runtime.pathology_index_updated") + "\n" + "\n".join(lines)
 
 
 @ui_errors
@@ -220,7 +222,7 @@ def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.P
     from medlab.retrieval.image_index import index_examples as engine_index
 
     keys = [m for m in (models or [DEFAULT_MODEL]) if m in MODELS] or [DEFAULT_MODEL]
-    return "**Example tiles indexed.**\n" + "\n".join(
+    return translate("runtime.pathology_examples_indexed") + "\n" + "\n".join(
         "- " + engine_index(key, progress=progress_callback(progress)).summary() for key in keys
     )
 
@@ -228,22 +230,24 @@ def index_examples(models: list[str] | None = None, progress: gr.Progress = gr.P
 def index_status() -> str:
     """Size of each model's index (no model load; chromadb only)."""
     try:
-        from medlab.retrieval.image_index import EMPTY_INDEX_HELP, index_info
+        from medlab.retrieval.image_index import index_info
 
         lines = []
         for key in MODELS:
             info = index_info(key)
             if info["error"]:
-                lines.append(f"- {_model_name(key)}: unavailable ({info['error']})")
+                lines.append(translate("runtime.pathology_index_model_unavailable", model=_model_name(key), error=info["error"]))
             else:
-                lines.append(f"- {_model_name(key)}: **{info['count']}** images (collection `{info['collection']}`)")
-        text = "**Image index**\n" + "\n".join(lines)
+                lines.append(translate("runtime.pathology_index_model_count", model=_model_name(key), count=info["count"],
+                                       collection=info["collection"]))
+        text = translate("runtime.pathology_index_heading") + "\n" + "\n".join(lines)
         if index_info(DEFAULT_MODEL)["count"] == 0:
-            text += "\n\n" + EMPTY_INDEX_HELP.format(model=_model_name(DEFAULT_MODEL)) + " Or press **Index the example tiles**."
+            # en.json holds EMPTY_INDEX_HELP word for word (tests/test_i18n.py checks it)
+            text += "\n\n" + translate("runtime.pathology_empty_index", model=_model_name(DEFAULT_MODEL))
         return text
     except Exception as exc:  # noqa: BLE001 - a status line must never break the page
         log.warning("index status unavailable: %s", exc)
-        return f"Image index status unavailable ({type(exc).__name__}: {exc})."
+        return translate("runtime.pathology_index_status_failed", kind=type(exc).__name__, error=exc)
 
 
 def default_index_text() -> str:
@@ -251,10 +255,12 @@ def default_index_text() -> str:
     from medlab.retrieval.default_index import status as build_status
 
     st = build_status()
-    text = st.line()
+    # the builder's line is engine text (English); other languages frame it with a translated heading
+    text = translate("runtime.default_index_line", line=st.line())
     if st.building and st.total:
         filled = int(20 * min(1.0, st.done / st.total))
-        text = f"`[{'#' * filled}{'.' * (20 - filled)}]` " + text + " Search already works on the tiles indexed so far."
+        text = (f"`[{'#' * filled}{'.' * (20 - filled)}]` " + text + " "
+                + translate("runtime.default_index_search_works"))
     elif st.state == "error":
         text = "⚠️ " + text
     return text

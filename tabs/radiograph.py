@@ -30,6 +30,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.i18n import translate
 
 TITLE = "Radiograph captioning"
 TAB_ID = "radiograph"
@@ -58,25 +59,22 @@ def _backend_markdown() -> str:
     try:
         info = captioner_summary()
     except MedlabError as exc:
-        return f"**Backend:** local weights (not configured: {exc})"
+        return translate("runtime.radiograph_backend_unconfigured", error=exc)
     if info["backend"] == "remote":
-        return (f"**Backend:** remote OpenAI-compatible server `{info['endpoint']}` "
-                f"(model `{info['served_model']}`). It serves one merged model, so the adapter toggle is not available.")
+        return translate("runtime.radiograph_backend_remote", endpoint=info["endpoint"], model=info["served_model"])
     adapter = info["adapter"]
     if adapter.get("error"):
-        text = f" + LoRA adapter that cannot be used: {adapter['error']}"
+        text = translate("runtime.radiograph_adapter_unusable", error=adapter["error"])
     elif adapter:
-        text = (f" + LoRA adapter `{adapter['source']}`"
-                + (f" (r={adapter['r']}, alpha={adapter['lora_alpha']})" if adapter.get("r") else ""))
+        text = (translate("runtime.radiograph_adapter_rank", source=adapter["source"], r=adapter["r"],
+                          alpha=adapter["lora_alpha"]) if adapter.get("r")
+                else translate("runtime.radiograph_adapter", source=adapter["source"]))
     else:
-        text = " (no adapter)"
-    line = f"**Backend:** local weights `{info['base']}`{text}. Loads on first use."
+        text = translate("runtime.radiograph_no_adapter")
+    line = translate("runtime.radiograph_backend_local", base=info["base"], adapter=text)
     if info["is_default"] and not info["radiology_trained"]:
-        line += (f"\n\n⚠️ **{info['title']}**: a general image model that has never been trained on "
-                 f"radiographs; it runs here because this machine has no GPU. Expect generic text that misses "
-                 f"or invents findings. The GPU default is **{info['gpu_default']}**; `google/medgemma-4b-it` "
-                 "is the radiology-trained option (gated: accept its licence, set HF_TOKEN and "
-                 "MEDLAB_MODEL_CAPTIONER). See the model card below.")
+        line += "\n\n" + translate("runtime.radiograph_cpu_default_warning", title=info["title"],
+                                    gpu_default=info["gpu_default"])
     return line
 
 

@@ -20,6 +20,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.i18n import translate
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"
@@ -60,7 +61,7 @@ def skin_classify(image: str | None, progress: gr.Progress = gr.Progress()) -> t
     result = classify_skin(image, progress=progress_callback(progress))
     p = result.malignant_probability
     flagged = result.gate.flagged
-    head = "### ⚠️ Off-domain input: prediction shown for illustration only\n\n" if flagged else ""
+    head = translate("runtime.off_domain_headline") + "\n\n" if flagged else ""
     decision_md = head + result.decision.text(p) + "\n\n" + result.gate.markdown()
     bars = {"malignant": p, "benign": 1.0 - p}
     lo, hi = result.decision.band

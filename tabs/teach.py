@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from tabs.common import GpuDuration, Lane, disclaimer, files_in_upload, model_event, on_page_load, progress_callback, ui_errors
+from tabs.i18n import translate
 
 TITLE = "Teach a classifier"
 TAB_ID = "teach"
@@ -97,9 +98,9 @@ def teach_cancel(request: gr.Request | None = None) -> str:
     with _CANCEL_LOCK:
         flag = _CANCEL.get(_session(request))
     if flag is None:
-        return "Nothing is being taught in this session."
+        return translate("runtime.teach_nothing_running", request)
     flag.set()
-    return "Cancelling after the current batch… the current model stays in use."
+    return translate("runtime.teach_cancelling", request)
 
 
 @ui_errors
@@ -119,9 +120,9 @@ def teach_use(model_id: str, tab: str = "lung_ct") -> tuple[str, dict[str, Any]]
     from medlab.vision.teach import taught
 
     done = taught.use(model_id, tab)
-    name = {"lung_ct": "Lung CT", "skin": "Skin lesion"}.get(tab, tab)
-    return (f"✅ `{done['model_id']}` is now the **{name}** tab's model ({', '.join(done['classes'])}). "
-            "It stays in use after a restart. Not validated: educational only."), \
+    name = translate(f"runtime.teach_tab_{tab}") if tab in ("lung_ct", "skin") else tab
+    return translate("runtime.teach_model_in_use", model_id=done["model_id"], tab=name,
+                     classes=", ".join(done["classes"])), \
         {k: v for k, v in done.items() if k != "path"}  # no server paths in the API
 
 
@@ -136,18 +137,19 @@ def _status() -> str:
     from medlab.vision.teach import service, taught
 
     lines = []
-    for tab, name in (("lung_ct", "Lung CT"), ("skin", "Skin lesion")):
+    for tab in ("lung_ct", "skin"):
         current = taught.current(tab)
         if current:
-            lines.append(f"- **{name}** tab uses the taught model `{current}`.")
+            lines.append(translate("runtime.teach_tab_uses", tab=translate(f"runtime.teach_tab_{tab}"), model_id=current))
     auto = service.autoteach_status()
     if auto["state"] != "idle":
         lines.append(f"- MEDLAB_LUNG_DATASET: {auto['state']} — {auto['message']}")
     models = taught.list_models()[:10]
     if models:
-        lines.append("\n**Taught in this app** (newest first):")
-        lines += [f"- `{m['model_id']}`: {', '.join(m['classes'])}; {m['n_images']} images from {m['source']}; "
-                  f"held-out accuracy {m['held_out_accuracy']:.3f}" for m in models]
+        lines.append("\n" + translate("runtime.teach_taught_heading"))
+        lines += [translate("runtime.teach_taught_model", model_id=m["model_id"], classes=", ".join(m["classes"]),
+                            n=m["n_images"], source=m["source"], accuracy=f"{m['held_out_accuracy']:.3f}")
+                  for m in models]
     return "\n".join(lines) or "No model has been taught in this app yet."
 
 

@@ -253,3 +253,49 @@ def test_translations_keep_the_markdown_structure() -> None:
             expected = english.count(tag) + EXTRA_MARKUP.get(key, {}).get(tag, 0)
             assert chinese.count(tag) == expected, (key, tag)
         assert "**" not in re.sub(r"<code>.*?</code>", "", chinese), key
+
+
+def test_engine_text_copied_into_the_table_matches_the_engine() -> None:
+    """The empty-index help is engine text that the pathology tab translates: en.json holds it
+    word for word, so an edit to the engine's sentence shows up here."""
+    from medlab.retrieval.image_index import EMPTY_INDEX_HELP
+
+    assert EN["runtime.pathology_empty_index"] == EMPTY_INDEX_HELP + " Or press **Index the example tiles**."
+
+
+@pytest.mark.parametrize(("request_", "chinese"), [
+    (fake_request("zh-CN,zh;q=0.9"), True),
+    (fake_request("zh-CN,zh;q=0.9", user="api"), False),  # gradio_client keeps the English text
+    (None, False),
+])
+def test_run_time_text_of_the_tabs_follows_the_page(request_: SimpleNamespace | None, chinese: bool) -> None:
+    """Text the handlers build at run time (read from the request context, as Gradio sets it
+    for every event) is Chinese for a zh-CN page and exactly the old English otherwise."""
+    from gradio.context import LocalContext
+
+    from tabs import about, lung_ct, pathology, teach
+
+    token = LocalContext.request.set(request_)
+    try:
+        texts = {
+            "cancel": teach.teach_cancel(request_),
+            "status": pathology._status([], '"mucus"', "plip"),
+            "matches": pathology._status([object()] * 3, "x", "plip"),
+            "headline": i18n.translate("runtime.off_domain_headline"),
+            "rows": about._device_table({"cache": {"devices": {"cpu": {
+                "budget_gb": None, "used_gb": 0.0, "peak_gb": 0.0, "models": []}}}})[0][1],
+        }
+    finally:
+        LocalContext.request.reset(token)
+    assert lung_ct.translate is i18n.translate  # the tab uses the shared translator
+    if chinese:
+        assert all(CJK.search(t) for t in texts.values()), texts
+    else:
+        assert texts == {
+            "cancel": "Nothing is being taught in this session.",
+            "status": 'No results for "mucus".',
+            "matches": f"3 best matches for x with **{pathology._model_name('plip')}** "
+                       "(cosine similarity, 1 = identical direction).",
+            "headline": "### ⚠️ Off-domain input: prediction shown for illustration only",
+            "rows": "not known yet",
+        }

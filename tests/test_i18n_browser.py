@@ -31,12 +31,6 @@ TAB_IDS = ("skin", "lung_ct", "teach", "radiograph", "impression", "pathology", 
 # Entries that are names, the same in every language: they may show in English.
 PROPER_NOUNS = {"PLIP", "min_p", "CLIP", "DICOM", "ROUGE", "Grad-CAM", "H&E", "FLAN-T5", "LoRA"}
 DISCLAIMER_ZH = "仅供教学使用。本应用不是医疗器械，不能用于诊断、治疗或任何临床决策。"
-# Status panels a tab fills at run time with English text it builds itself (f-strings in the
-# tab or engine): the static check leaves them out, and test_runtime_panels_are_in_chinese
-# (strict xfail) tracks them. Fix: build the text with tabs.i18n.translate() in the tab.
-RUNTIME_PANELS = {
-    "pathology": ("Image index", "Default pathology index", "Index updated", "Example tiles indexed"),
-}
 
 
 def _plain(text: str) -> str:
@@ -44,6 +38,18 @@ def _plain(text: str) -> str:
     text = re.sub(r"<[^>]+>", "\n", text)
     text = re.sub(r"^\s*(#+|>|-{3,}|\|?-+\|.*)\s*", "", text, flags=re.M)
     return re.sub(r"[*`_]|⚠️", "", text)
+
+
+# Status panels a tab fills at run time, translated (tabs.i18n.translate) around engine text
+# that stays English (the default-index builder's line, model names, collection ids): the
+# static check leaves them out, test_runtime_panels_are_in_chinese checks their frame.
+RUNTIME_PANELS = {
+    "pathology": (_plain(ZH["runtime.pathology_index_heading"]).strip(),
+                  ZH["runtime.default_index_line"].split("（")[0]),
+}
+ENGLISH_PANEL_HEADINGS = {
+    "pathology": ("Image index", "Default pathology index", "Index updated", "Example tiles indexed"),
+}
 
 
 def english_probes() -> list[tuple[str, str, bool]]:
@@ -147,14 +153,20 @@ def test_every_tab_is_in_chinese(zh_page: Any, tab_id: str) -> None:
         assert ZH["runtime.teach_nothing_taught_yet"] in text
 
 
-@pytest.mark.xfail(strict=True, reason="tabs/pathology.py builds its index status in English "
-                   "(index_status, default_index_text): wrap those templates in tabs.i18n.translate()")
 def test_runtime_panels_are_in_chinese(zh_page: Any) -> None:
+    """The pathology tab's page-load panels (image index size, default-index build line) come
+    with a Chinese frame; none starts with its English heading any more."""
     page = zh_page
     page.get_by_role("tab", name=ZH["pathology.tab.pathology_search"], exact=True).click()
     page.wait_for_timeout(500)
+    page.wait_for_function("t => document.body.innerText.includes(t)", arg=RUNTIME_PANELS["pathology"][1],
+                           timeout=TIMEOUT_MS)
     panels = _runtime_panels(page, "pathology")
-    assert panels and not [p for p in panels if not re.search(r"[\u4e00-\u9fff]", p)]
+    for heading in RUNTIME_PANELS["pathology"]:  # the image index and the default-index line
+        assert [p for p in panels if p.startswith(heading)], heading
+    assert not [p for p in panels if not re.search(r"[\u4e00-\u9fff]", p)]
+    texts = [t.strip() for t in page.locator(".prose").all_inner_texts()]
+    assert not [t for t in texts if t.startswith(ENGLISH_PANEL_HEADINGS["pathology"])]
 
 
 def test_an_engine_error_shows_in_chinese(zh_page: Any) -> None:
