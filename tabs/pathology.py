@@ -48,7 +48,7 @@ always sum to 1 over the labels you give, even when none of them fits.
 
 
 def _model_name(key: str) -> str:
-    return MODEL_NAMES.get(key, key)
+    return translate(MODEL_NAMES.get(key, key))  # the Radio choices' names, so en.json holds them
 
 
 def _gallery(hits: list[Any]) -> list[tuple[Any, str]]:
