@@ -71,13 +71,26 @@ def use_tiny_models(tiny_model_env: dict[str, str], monkeypatch: pytest.MonkeyPa
 
 
 @contextmanager
-def serve_app(env: dict[str, str]) -> Iterator[str]:
-    """Build and launch the whole app with `env` applied (restored afterwards); yields its URL."""
+def applied_env(env: dict[str, str]) -> Iterator[None]:
+    """os.environ with `env` applied; the previous values (or absence) restored afterwards."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    import app as app_module
-
     try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def serve_app(env: dict[str, str]) -> Iterator[str]:
+    """Build and launch the whole app with `env` applied (restored afterwards); yields its URL."""
+    with applied_env(env):
+        import app as app_module
+
         demo = app_module.build_app()
         port = free_port()
         demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_kwargs("127.0.0.1", port, False))
@@ -85,12 +98,21 @@ def serve_app(env: dict[str, str]) -> Iterator[str]:
             yield f"http://127.0.0.1:{port}/"
         finally:
             demo.close()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium driven by playwright (tests/browser_support.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import ARGS, chromium_path
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,25 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.browser_support import ARGS, chromium_path
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 SHOTS = ARTIFACTS / "screenshots"
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _wait_text(page: Any, text: str, timeout: int = TIMEOUT_MS) -> None:

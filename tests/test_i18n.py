@@ -5,7 +5,6 @@ the API keeps stable English."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
+
+from tests.conftest import applied_env
 from gradio.i18n import I18nData
 
 from medlab.core.errors import ImageTooSmallError, InputError, MedlabError, ModelUnavailableError
@@ -33,16 +34,8 @@ def demo(tiny_model_env: dict[str, str]) -> Iterator[gr.Blocks]:
     with a model (e.g. the LoRA adapter's card) are built too."""
     import app
 
-    saved = {k: os.environ.get(k) for k in tiny_model_env}
-    os.environ.update(tiny_model_env)
-    try:
+    with applied_env(tiny_model_env):
         yield app.build_app()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def fake_request(accept_language: str | None, user: str = "app") -> SimpleNamespace:

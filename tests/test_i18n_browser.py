@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.browser_support import ARGS, chromium_path
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
@@ -67,18 +66,6 @@ def english_probes() -> list[tuple[str, str, bool]]:
             words = len(line.split())
             probes.append((key, line, words < 4))
     return probes
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def open_app(browser: Any, url: str, locale: str, ready_text: str) -> Any:
