@@ -107,8 +107,12 @@ def test_share_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch, tiny_model_e
 
     import app
 
+    from medlab.retrieval import default_index
+
     launched: list[dict] = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    # only the launch is under test: no background index build left running for later tests
+    monkeypatch.setattr(default_index, "start_background", lambda: None)
     assert app.main([]) == 0
     assert app.main(["--share"]) == 0
     assert [kwargs["share"] for kwargs in launched] == [False, True]

@@ -243,8 +243,9 @@ def test_two_app_processes_share_one_chroma_server(server: Server, tiny_model_en
     want = {}
     for name in NOTES:
         digest = hashlib.sha256((kdir / name).read_bytes()).hexdigest()
+        doc = hashlib.sha256(f"knowledge/{name}".encode()).hexdigest()[:16]  # ids per (document, version, chunk)
         n = len(documents.chunk_document(f"knowledge/{name}", kdir / name))
-        want.update({f"{digest[:24]}-{i}": name for i in range(n)})
+        want.update({f"{doc}-{digest[:24]}-{i}": name for i in range(n)})
     assert set(chunks) == set(want)
     # Tiles: one row per distinct image content (the byte-identical copy is the same row).
     rows = _collection_rows(server.port, "pathology-plip")

@@ -310,7 +310,8 @@ def test_screenshot_of_the_tab_while_the_index_builds(ddata: Path, monkeypatch: 
     from playwright.sync_api import sync_playwright
 
     from tests.conftest import ARTIFACTS, serve_app
-    from tests.test_browser import ARGS, CHROMIUM, _click_visible, _open_tab, _wait_text
+    from tests.browser_support import ARGS, chromium_path
+    from tests.test_browser import _click_visible, _open_tab, _wait_text
 
     make_folder(ddata / "tiles", 320, seed=8)
     slow = default_index._index_batch
@@ -325,7 +326,7 @@ def test_screenshot_of_the_tab_while_the_index_builds(ddata: Path, monkeypatch: 
     shots.mkdir(parents=True, exist_ok=True)
     with serve_app(env) as url, sync_playwright() as p:
         default_index.start_background()  # what app.main does before launch
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="domcontentloaded")

@@ -27,16 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("teach-data")
-    old = os.environ.get("MEDLAB_DATA_DIR")
+    # MEDLAB_MODEL_<KEY> wins over a taught model: clear what an earlier module's live app set
+    names = ("MEDLAB_DATA_DIR", "MEDLAB_MODEL_LUNG_CT", "MEDLAB_MODEL_SKIN")
+    old = {k: os.environ.pop(k, None) for k in names}
     os.environ["MEDLAB_DATA_DIR"] = str(d)
     yield d
     from medlab.core.loaders import reset_cache
 
     reset_cache()  # no taught model stays cached for the next test module
-    if old is None:
-        os.environ.pop("MEDLAB_DATA_DIR", None)
-    else:
-        os.environ["MEDLAB_DATA_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
