@@ -7,6 +7,7 @@ disk can be checked before any library builds a model from them."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from pathlib import Path
@@ -39,7 +40,11 @@ def download_message(done_bytes: float, total_bytes: float, new_bytes: float, se
 
 def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) -> type:
     """A tqdm stand-in class for huggingface_hub's byte bars that reports the fraction of
-    bytes downloaded to `progress`, mapped onto [start, end] of the whole load."""
+    bytes downloaded to `progress`, mapped onto [start, end] of the whole load. Files download
+    in parallel, one bar each: the bars share one byte count, and what is reported never goes
+    backwards (a file that starts later adds to the total)."""
+    shared = {"done": 0.0, "new": 0.0, "total": 0.0, "reported": start, "started": time.monotonic()}
+    lock = threading.Lock()
 
     class _Bar:
         def __init__(self, *args: Any, total: float | None = None, initial: float = 0, unit: str = "it",
@@ -49,8 +54,10 @@ def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) ->
             self.unit = unit
             self.desc = desc or ""
             self.disable = False
-            self.started = time.monotonic()
-            self.first = self.n  # bytes already there (a resumed download) do not count for the rate
+            if unit == "B" and total:
+                with lock:
+                    shared["total"] += float(total)
+                    shared["done"] += float(self.n)
 
         def __enter__(self) -> _Bar:
             return self
@@ -64,9 +71,14 @@ def progress_tqdm(progress: Progress, start: float = 0.05, end: float = 0.35) ->
         def update(self, n: float | None = 1) -> None:
             self.n += n or 0
             if self.unit == "B" and self.total:
-                done = min(1.0, self.n / self.total)
-                progress(start + (end - start) * done, download_message(
-                    self.n, self.total, self.n - self.first, time.monotonic() - self.started))
+                with lock:
+                    shared["done"] += n or 0
+                    shared["new"] += n or 0  # bytes already there (a resumed download) do not count for the rate
+                    fraction = start + (end - start) * min(1.0, shared["done"] / max(shared["total"], 1.0))
+                    shared["reported"] = fraction = max(shared["reported"], fraction)
+                    message = download_message(shared["done"], shared["total"], shared["new"],
+                                               time.monotonic() - shared["started"])
+                progress(fraction, message)
 
         def refresh(self, *args: Any, **kwargs: Any) -> None:
             return None
