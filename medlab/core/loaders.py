@@ -312,6 +312,12 @@ def _numel_and_stored(spec: ModelSpec, source: ModelSource) -> tuple[int, int]:
     return numel, stored
 
 
+def planned_4bit(key: str, device: str) -> bool:
+    """Whether a load of `key` on `device` quantises to 4-bit (bitsandbytes): the loader and
+    the memory estimate ask this one rule."""
+    return _bitsandbytes_4bit(get_spec(key), device)
+
+
 def planned_dtype(key: str, device: str) -> str | None:
     """The dtype a load of `key` on `device` uses (None: the checkpoint's own). One rule for
     the loader and for the memory estimate, so the estimate describes what is loaded."""

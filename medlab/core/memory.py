@@ -4,8 +4,18 @@ Nothing here imports torch: it is used only when torch is already loaded."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
+
+
+def free_memory() -> None:
+    """Release dropped models: unreachable objects first, then the CUDA allocator's cache (an
+    evicted model or a failed load leaves both behind)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def normalize_device(device: Any) -> str:

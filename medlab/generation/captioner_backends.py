@@ -14,7 +14,6 @@ The remote OpenAI-compatible server is not a load back-end: see medlab.generatio
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import sys
@@ -23,6 +22,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from medlab.core.memory import free_memory
 from medlab.core.progress import Progress
 from medlab.core.registry import ModelSource
 from medlab.core.specs import ModelSpec
@@ -96,14 +96,6 @@ def import_unsloth_first() -> bool:
     return True
 
 
-def free_accelerator_memory() -> None:
-    """Release what a failed load left behind: unreachable objects, then the CUDA cache."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 class UnslothBackend:
     name = "unsloth"
 
@@ -134,16 +126,6 @@ class UnslothBackend:
         return model
 
 
-def cpu_dtype(source: ModelSource) -> Any:  # noqa: ARG001 - the source is resolved again by key
-    """float32 (fastest on a CPU) for small checkpoints, bfloat16 (half the memory) for big
-    ones: the same rule the cache's memory estimate uses (medlab.core.loaders.planned_dtype)."""
-    import torch
-
-    from medlab.core.loaders import planned_dtype
-
-    return getattr(torch, planned_dtype(CAPTIONER_KEY, "cpu") or "float32")
-
-
 class TransformersBackend:
     name = "transformers"
 
@@ -154,26 +136,24 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from medlab.core.loaders import hub_kwargs
+        from medlab.core.loaders import hub_kwargs, planned_4bit, planned_dtype
 
         kwargs = hub_kwargs(source)
         progress(0.1, "Reading the captioner processor (tokenizer + image preprocessing)")
         processor = AutoProcessor.from_pretrained(
             source.location, **{k: v for k, v in kwargs.items() if k != "use_safetensors"}
         )
-        quantized = False
+        # dtype and 4-bit follow the same rules as the cache's memory estimate
+        kwargs["dtype"] = getattr(torch, planned_dtype(CAPTIONER_KEY, device) or "float32")
+        quantized = planned_4bit(CAPTIONER_KEY, device)
         if device.startswith("cuda"):
-            kwargs["dtype"] = torch.bfloat16
             kwargs["device_map"] = {"": device}
-            if importlib.util.find_spec("bitsandbytes") is not None:
-                from transformers import BitsAndBytesConfig
+        if quantized:
+            from transformers import BitsAndBytesConfig
 
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-                )
-                quantized = True
-        else:
-            kwargs["dtype"] = cpu_dtype(source)
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            )
         progress(0.3, "Reading the captioner weights" + (" (4-bit)" if quantized else ""))
         model = AutoModelForImageTextToText.from_pretrained(source.location, **kwargs)
         if not device.startswith("cuda"):
@@ -203,7 +183,7 @@ def _load_base(source: ModelSource, device: str, progress: Progress) -> tuple[Lo
             traceback.clear_frames(exc.__traceback__)  # drop the locals that hold half-loaded weights
         # Outside the except block: the traceback, and the half-loaded weights its frames hold,
         # are gone, so the memory can really be released before the next back-end loads.
-        free_accelerator_memory()
+        free_memory()
     last = candidates[-1]
     with translate_load_errors(source):
         return last, last.load(source, device, progress)
@@ -232,7 +212,7 @@ def load_captioner(spec: ModelSpec, source: ModelSource, device: str, progress: 
             # rather than when the error (and its frames) are finally dropped.
             traceback.clear_frames(exc.__traceback__)
             del model, weights
-            free_accelerator_memory()
+            free_memory()
             raise
     model = backend.for_inference(model)
     # The spec's preprocessing settings describe its own checkpoint only, not any other one

