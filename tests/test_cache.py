@@ -383,3 +383,31 @@ def test_two_requests_waiting_on_each_other_fail_fast_instead_of_deadlocking() -
     assert time.perf_counter() - start < 10
     assert isinstance(errors.get("A"), InsufficientMemoryError)
     assert isinstance(errors.get("B"), InsufficientMemoryError)
+
+
+def test_models_loading_at_the_same_time_come_back_whole(use_tiny_models) -> None:
+    """transformers' from_pretrained is not thread-safe: loaded in parallel with other models,
+    the tiny T5 came back with its embeddings untied (random). Loads take turns, so every
+    model of a concurrent cold burst loads, and T5's tied weights share one tensor."""
+    import threading
+
+    from medlab.core.loaders import get_model, reset_cache
+
+    for _ in range(4):
+        reset_cache()
+        errors: dict[str, str] = {}
+
+        def load(key: str) -> None:
+            try:
+                get_model(key)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors[key] = str(exc)
+
+        threads = [threading.Thread(target=load, args=(k,)) for k in ("impression", "skin", "lung_ct", "plip", "clip_baseline", "captioner")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        t5 = get_model("impression").model
+        assert t5.encoder.embed_tokens.weight.data_ptr() == t5.shared.weight.data_ptr()

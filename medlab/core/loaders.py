@@ -352,14 +352,27 @@ def check_hardware(key: str) -> None:
             )
 
 
+# transformers' from_pretrained is not thread-safe: two models loading at once in one process
+# can come back with their tied weights untied (T5's embeddings left randomly initialised,
+# reported as missing keys). The cache loads different keys in parallel, so the loads
+# themselves take turns here; requests for loaded models never wait on it.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(key: str, progress: Progress) -> LoadedModel:
     """The cache's load function: resolve the source and call the spec's loader."""
     spec = get_spec(key)
     check_hardware(key)
     source = resolve_source(key)
     device = resolve_device()
-    log.info("loading %s from %s (%s) on %s", key, source.location, "local" if source.is_local else "hub", device)
-    return spec.resolve_loader()(spec, source, device, progress)
+    if not _LOAD_LOCK.acquire(blocking=False):
+        progress(0.01, f"Waiting for another model to finish loading before {key}")
+        _LOAD_LOCK.acquire()
+    try:
+        log.info("loading %s from %s (%s) on %s", key, source.location, "local" if source.is_local else "hub", device)
+        return spec.resolve_loader()(spec, source, device, progress)
+    finally:
+        _LOAD_LOCK.release()
 
 
 _CACHE: ModelCache | None = None
