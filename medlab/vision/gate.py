@@ -20,7 +20,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -235,3 +238,32 @@ def check_lung_ct(image: Any, kind: str = "image", info: dict[str, Any] | None =
     return GateResult("plausible", "low", [
         "Greyscale image without a DICOM header: it could be a CT slice, but an X-ray, MRI or "
         "greyscale photo would look the same to this gate."], checks, limits)
+
+
+# -- running a gate beside the model ---------------------------------------------------------
+# A gate's object check is a small CNN forward; run in series it adds its whole time to the
+# request. Run in a thread beside the classifier's forward (torch releases the GIL in its
+# kernels) the two overlap. One pool per process: a forked worker (ZeroGPU runs GPU events in
+# one) must not inherit a pool whose threads stayed behind in the parent.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    pid = os.getpid()
+    with _POOLS_LOCK:
+        pool = _POOLS.get(pid)
+        if pool is None:
+            pool = _POOLS[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="input-gate")
+        return pool
+
+
+def beside(check: Callable[..., GateResult], image: Any, *args: Any, **kwargs: Any) -> Future[GateResult]:
+    """Start `check(image, *args, **kwargs)` in a background thread; `.result()` gives its
+    GateResult. The gate gets its own copy of the image: PIL images are not safe to share
+    between threads."""
+    return _pool().submit(check, image.copy(), *args, **kwargs)
+
+
+def switched_off() -> GateResult:
+    return GateResult("plausible", "low", ["Input gate switched off."])

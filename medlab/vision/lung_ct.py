@@ -157,6 +157,7 @@ def classify_lung(
     explain: str = PREDICTED,
     opacity: float = DEFAULT_OPACITY,
     progress: Progress | None = None,
+    gate_enabled: bool = True,
 ) -> LungResult:
     """Decode (image or DICOM) -> gate -> preprocess -> forward+Grad-CAM -> postprocess."""
     from medlab.core.loaders import use_model
@@ -171,7 +172,8 @@ def classify_lung(
     if scenario is not None and scenario not in scenarios(spec):
         raise InputError(f"Unknown scenario {scenario!r}; choose one of {', '.join(scenarios(spec))}.")
     decoded = load_any(path, window=window)
-    verdict = gate.check_lung_ct(decoded.image, decoded.kind, decoded.info)
+    # the gate runs beside the forward + Grad-CAM, not before it
+    pending = gate.beside(gate.check_lung_ct, decoded.image, decoded.kind, decoded.info) if gate_enabled else None
 
     width, height = decoded.image.size
     with use_model(KEY, progress) as loaded:  # a lease: not evicted during the forward and Grad-CAM
@@ -198,6 +200,7 @@ def classify_lung(
             explained = f"{mapped[cam.class_index]} (predicted)"
 
         box = classify.visible_box(loaded.image_processor, width, height)
+    verdict = pending.result() if pending is not None else gate.switched_off()
     heat = place_in_input(cam.cam, box, width, height)
     image = overlay(decoded.image, heat, float(opacity), box)
     info = {k: v for k, v in decoded.info.items()

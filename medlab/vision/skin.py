@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,24 +21,6 @@ from medlab.vision import classify, gate
 log = logging.getLogger(__name__)
 
 KEY = "skin"
-
-# The input gate (colour statistics + an EfficientNet-Lite0 object check, tens of ms on CPU)
-# runs in a thread beside the classifier's forward instead of before it: torch releases the
-# GIL in its kernels, so the two overlap and the gate no longer adds its time in series.
-# One pool per process: a forked worker (ZeroGPU runs GPU events in one) must not inherit a
-# pool whose threads stayed behind in the parent.
-_GATE_POOLS: dict[int, ThreadPoolExecutor] = {}
-_GATE_POOLS_LOCK = threading.Lock()
-
-
-def _gate_pool() -> ThreadPoolExecutor:
-    pid = os.getpid()
-    with _GATE_POOLS_LOCK:
-        pool = _GATE_POOLS.get(pid)
-        if pool is None:
-            pool = _GATE_POOLS[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skin-gate")
-        return pool
-
 
 @dataclass
 class Decision:
@@ -148,16 +128,14 @@ def classify_skin(path: str | os.PathLike[str], progress: Progress | None = None
         raise InputError("No image was given. Upload a photo of a skin lesion.")
     decoded = load_any(path)
     spec = get_spec(KEY)
-    # the gate reads its own copy: PIL images are not safe to share between threads
-    pending = _gate_pool().submit(gate.check_skin, decoded.image.copy()) if gate_enabled else None
+    pending = gate.beside(gate.check_skin, decoded.image) if gate_enabled else None
     with use_model(KEY, progress) as loaded:  # a lease: not evicted during the forward
         labels = classify.model_labels(loaded.model)
         classify.map_labels(labels, spec)  # fail before computing anything if the spec does not fit
         pixel_values = classify.preprocess(loaded, decoded.image)
         logits = classify.forward(loaded, pixel_values)
     probs = classify.probabilities(logits)
-    verdict = pending.result() if pending is not None else gate.GateResult(
-        "plausible", "low", ["Input gate switched off."])
+    verdict = pending.result() if pending is not None else gate.switched_off()
     p_malignant = malignant_probability(probs, labels, spec)
     threshold, source = decision_threshold(spec)
     decision = decide(p_malignant, threshold, float(spec.params.get("uncertain_band", 0.1)))
