@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "bench" / "_work"
+# persistent work (models, corpora, stores); MEDLAB_BENCH_WORK points a run elsewhere, e.g. an
+# empty folder to time a fresh first run without touching the stores built so far
+WORK = Path(os.environ.get("MEDLAB_BENCH_WORK") or ROOT / "bench" / "_work")
 
 # Set for every section process before torch is imported.
 BASE_ENV = {

