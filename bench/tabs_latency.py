@@ -120,7 +120,7 @@ def run(quick: bool = False) -> SectionResult:
     image_index.index_examples("plip")
     demo, client, url = _launch()
     repeats = {"skin": 2, "lung": 2, "impression": 1, "plip": 2} if quick else \
-        {"skin": 8, "lung": 10, "impression": 3, "plip": 10}
+        {"skin": 16, "lung": 16, "impression": 3, "plip": 10}
     new_tokens = 8 if quick else NEW_TOKENS
     skin_png = str(ROOT / "assets" / "skin" / "synthetic_lesion.png")
     lung_png = str(ROOT / "assets" / "lung" / "ct_small_lung_window.png")

@@ -206,8 +206,8 @@ def test_hnsw_settings_are_set_at_creation_and_persist(tmp_path: Path, monkeypat
 
     client = chromadb.PersistentClient(path=str(tmp_path / "data" / "chroma"))
     hnsw = client.get_collection("tuned-col", embedding_function=None).configuration["hnsw"]
-    assert (hnsw["space"], hnsw["max_neighbors"], hnsw["ef_construction"], hnsw["ef_search"]) == ("cosine", 32, 128, 128)
-    assert vectorstore.get_collection("old-col").configuration["hnsw"]["ef_search"] == 128
+    assert (hnsw["space"], hnsw["max_neighbors"], hnsw["ef_construction"], hnsw["ef_search"]) == ("cosine", 32, 128, 256)
+    assert vectorstore.get_collection("old-col").configuration["hnsw"]["ef_search"] == 256
     col = vectorstore.get_collection("tuned-col")
     got = col.get(ids=["r3"], include=["embeddings"])
     assert np.allclose(got["embeddings"][0], vecs[3])

@@ -76,3 +76,17 @@ def test_gate_switched_off_is_said(task: str, use_tiny_models, monkeypatch: pyte
     monkeypatch.setattr(gate, gate_name, must_not_run)
     result = pipeline(asset, gate_enabled=False)
     assert result.gate.verdict == "plausible" and result.gate.reasons == ["Input gate switched off."]
+
+
+def test_gate_thread_runs_torch_on_one_core_and_leaves_the_callers_setting() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    in_gate = gate.beside(lambda image: torch.get_num_threads(), Image.new("RGB", (8, 8))).result()
+    assert in_gate == 1
+    assert torch.get_num_threads() == before  # the caller (the model's forward) keeps its cores
+    fresh: dict[str, int] = {}
+    t = threading.Thread(target=lambda: fresh.setdefault("n", torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert fresh["n"] == before  # and so do threads started later (Gradio's workers)

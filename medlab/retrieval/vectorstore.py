@@ -123,9 +123,10 @@ def collection_name(*parts: str) -> str:
 
 # HNSW settings every collection is created with (persisted by chroma with the collection).
 # chroma's defaults (max_neighbors 16, ef_construction 100, ef_search 100) give recall@8 well
-# under 0.95 at 100k 512-d vectors; a denser graph and a wider beam buy it back for a few ms
-# (measured in bench/results.md, section 4).
-HNSW_DEFAULTS: dict[str, Any] = {"space": "cosine", "max_neighbors": 32, "ef_construction": 128, "ef_search": 128}
+# under 0.95 at 100k 512-d vectors; a denser graph and a wider beam buy it back for a few ms.
+# The beam is 256, not 128: at 1M rows 128 left single queries with none of their true
+# neighbours found (bench/results.md, section 4).
+HNSW_DEFAULTS: dict[str, Any] = {"space": "cosine", "max_neighbors": 32, "ef_construction": 128, "ef_search": 256}
 
 
 def hnsw_configuration(**overrides: Any) -> dict[str, Any]:

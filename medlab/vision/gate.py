@@ -249,12 +249,27 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _one_torch_thread() -> None:
+    """Gate threads run torch on one core: the gate's small CNN gains little from a second
+    core, and the model beside it needs both (bench/README.md). The limit is this thread's
+    own OpenMP setting; torch.set_num_threads would change it for every new thread."""
+    try:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.get_num_threads()  # torch sets a new thread's OpenMP count on first use: limit after it
+        threadpool_limits(1, user_api="openmp")
+    except Exception as exc:  # noqa: BLE001 - only a speed setting; the gate works without it
+        log.debug("could not limit the gate thread to one torch thread: %s", exc)
+
+
 def _pool() -> ThreadPoolExecutor:
     pid = os.getpid()
     with _POOLS_LOCK:
         pool = _POOLS.get(pid)
         if pool is None:
-            pool = _POOLS[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="input-gate")
+            pool = _POOLS[pid] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="input-gate",
+                                                    initializer=_one_torch_thread)
         return pool
 
 
