@@ -284,6 +284,7 @@ def render(res: SectionResult) -> None:
             res.rows.append(Row(label, a["recall"], "", f">= {GOAL_RECALL} and <= {limit:.0f} ms", met,
                                 f"p95 {a['p95_ms']} ms"))
     _notes(res, builds, measured, app_ef)
+    res.notes += list(d.get("extra_notes", []))  # added by hand when runs are combined (see main)
     if any(not b.get("complete") for b in builds):
         res.status = "partial"
 
@@ -316,11 +317,14 @@ def _notes(res: SectionResult, builds: list[dict[str, Any]], measured: list[dict
         done = [x for x in builds if x["kind"] == b["kind"] and x.get("complete") and x.get("rate_all_runs")]
         if done:
             ref = max(done, key=lambda x: x["n_target"])
+            embed = b.get("embedding_seconds_per_10k")
             res.notes.append(
-                f"{b['kind']} {b['n_target']:,}: not started in this run; at the {ref['n_target']:,} build's measured "
-                f"{ref['rate_all_runs']} rows/s it needs ~{b['n_target'] / ref['rate_all_runs'] / 3600:.1f} h on this "
-                "shared box (HNSW insertion is the cost: every row searches the graph with ef_construction), "
-                "so 1M is not measured here.")
+                f"{b['kind']} {b['n_target']:,}: not started; at the {ref['n_target']:,} build's measured "
+                f"{ref['rate_all_runs']} rows/s its insertion alone needs ~{b['n_target'] / ref['rate_all_runs'] / 60:.0f} "
+                "min or more on this box (HNSW insertion searches the graph with ef_construction for every row, and "
+                "the rate falls as the graph grows)"
+                + (f", after ~{b['n_target'] / 10_000 * embed / 60:.0f} min of embedding at the measured {embed} s per "
+                   "10k sentences (less the blocks already cached)" if embed else "") + ".")
     clip100 = by.get(("clip", 100_000))
     if clip100 and clip100.get("exact_numpy"):
         ex = clip100["exact_numpy"]["median_ms"]
@@ -338,7 +342,7 @@ def _notes(res: SectionResult, builds: list[dict[str, Any]], measured: list[dict
 def main(argv: list[str] | None = None) -> int:
     """python -m bench.search render OUT.json IN.json [IN2.json ...]: rebuild tables, notes and
     the plot from saved section results; stores measured in several runs are combined (the
-    later file wins for the same vectors and N)."""
+    later file wins for the same vectors and N, unless its build got less far)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -346,12 +350,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(main.__doc__)
     parts = [json.loads(Path(p).read_text()) for p in args[2:]]
     details = dict(parts[-1]["details"])
+    details["extra_notes"] = [n for part in parts for n in part["details"].get("extra_notes", [])]
     builds: dict[tuple[str, int], dict[str, Any]] = {}
     measured: dict[tuple[str, int], dict[str, Any]] = {}
     load: dict[str, Any] = {}
     for part in parts:
         for b in part["details"]["builds"]:
-            if b.get("count") or (b["kind"], b["n_target"]) not in builds:
+            had = builds.get((b["kind"], b["n_target"]))
+            # a later run wins, unless it got less far (a budget-limited run beside a finished build)
+            if had is None or b.get("count", 0) >= had.get("count", 0):
                 builds[(b["kind"], b["n_target"])] = b
         for m in part["details"]["measured"]:
             measured[(m["kind"], m["n"])] = m
