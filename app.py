@@ -1,6 +1,7 @@
 """Medical AI Lab: compose the tabs into one gr.Blocks app and launch it.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share] [--mcp]
+    python app.py --missing-translations   # UI strings of the built app that locales/en.json lacks
 
 Importing this module imports gradio and the light parts of medlab only: no torch, no
 transformers. Models load on first use through the shared cache."""
@@ -148,6 +149,17 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
     }
 
 
+def print_missing_translations() -> int:
+    """Build the app (no model loads) and list the UI strings en.json lacks; 1 when any."""
+    import json
+
+    from tabs.i18n import missing
+
+    todo = missing(build_app())
+    sys.stdout.write(json.dumps(todo, ensure_ascii=False, indent=2) + "\n")
+    return 1 if todo else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Medical AI Lab (educational use only)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -155,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     parser.add_argument("--mcp", action="store_true",
                         help="also serve the public API as MCP tools at /gradio_api/mcp/ (same as MEDLAB_MCP=1)")
+    parser.add_argument("--missing-translations", action="store_true",
+                        help="print the UI strings of the built app that locales/en.json lacks (JSON) and exit")
     args = parser.parse_args(argv)
+    if args.missing_translations:
+        return print_missing_translations()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from medlab.core.zerogpu import preload_for_zero_gpu

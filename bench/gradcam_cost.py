@@ -27,9 +27,9 @@ def run(quick: bool = False) -> SectionResult:
     import torch
     from pytorch_grad_cam import GradCAM
 
-    from medlab.vision import classify, gradcam
-    from medlab.io.imaging import load_any
     from medlab.core.loaders import get_model
+    from medlab.io.imaging import load_any
+    from medlab.vision import classify, gradcam
 
     loaded = get_model("lung_ct")
     model = loaded.model

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
 import numpy as np
 
 from bench.common import WORK, Row, SectionResult, check, loadavg
@@ -73,9 +74,9 @@ def run(quick: bool = False) -> SectionResult:
 
     import torch
 
-    from medlab.retrieval import encoders, image_index
-    from medlab.io.imaging import load_image
     from medlab.core.loaders import get_model
+    from medlab.io.imaging import load_image
+    from medlab.retrieval import encoders, image_index
     from medlab.retrieval.vectorstore import reset_clients
 
     lm = get_model("plip")

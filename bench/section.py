@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from bench.common import ROOT, SectionResult, apply_env
 
+
 @dataclass(frozen=True)
 class Section:
     number: int

@@ -46,9 +46,9 @@ def _launch_retrying(demo: Any, **kwargs: Any) -> int:
 
 
 def _launch() -> tuple[Any, Any, str]:
-    import app as app_module
     from gradio_client import Client
 
+    import app as app_module
     from bench.startup import _free_port
 
     demo = app_module.build_app()
@@ -108,13 +108,11 @@ def run(quick: bool = False) -> SectionResult:
     import torch
     from gradio_client import handle_file
 
-    from medlab.vision import classify, gate, gradcam
-
-    from medlab.generation import impression
-
-    from medlab.retrieval import encoders, image_index, image_search
-    from medlab.io.imaging import load_any
     from medlab.core.loaders import get_cache, get_model
+    from medlab.generation import impression
+    from medlab.io.imaging import load_any
+    from medlab.retrieval import encoders, image_index, image_search
+    from medlab.vision import classify, gate, gradcam
 
     # The pathology search endpoint needs a non-empty index: the bundled example tiles.
     image_index.index_examples("plip")

@@ -20,6 +20,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     exit 1
   fi
 fi
+# Lint first: the whole repository, tests included (rules in ruff.toml). A finding fails the run.
+.venv/bin/ruff check .
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False MEDLAB_DEVICE=cpu
 set +e
 .venv/bin/python -m pytest "$@"

@@ -11,7 +11,7 @@ Strings made at run time (errors, banners) are translated on the server by `tran
 the browser UI only: the request's `x-gradio-user: app` header marks a call from the page, and
 its Accept-Language picks the language. gradio_client / curl callers get stable English.
 
-    python -m tabs.i18n          # lists UI strings of the built app that en.json lacks (JSON)
+    python app.py --missing-translations   # lists UI strings of the built app that en.json lacks (JSON)
 """
 
 from __future__ import annotations
@@ -242,16 +242,3 @@ def error_message(exc: BaseException, request: gr.Request | None = None) -> str:
         if headline:
             return translate("error.details", request, headline=headline, detail=detail)
     return detail
-
-
-def _main() -> int:
-    import app
-
-    demo = app.build_app()
-    todo = missing(demo)
-    print(json.dumps(todo, ensure_ascii=False, indent=2))
-    return 1 if todo else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -106,7 +106,6 @@ def test_share_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch, tiny_model_e
     import gradio as gr
 
     import app
-
     from medlab.retrieval import default_index
 
     launched: list[dict] = []

@@ -197,7 +197,7 @@ class Tracked:
     """A fake model whose bytes count as live from construction until it is freed, measured
     outside the cache (weakref.finalize), so the test sees real high-water marks."""
 
-    def __init__(self, key: str, nbytes: int, meter: "Meter", device: str = "cpu") -> None:
+    def __init__(self, key: str, nbytes: int, meter: Meter, device: str = "cpu") -> None:
         import weakref
 
         self.key, self.nbytes, self.device = key, nbytes, device

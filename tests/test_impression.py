@@ -15,6 +15,7 @@ from medlab.generation.impression import PROMPT, ImpressionSettings, generate_im
 from medlab.generation.impression_batch import BatchFileError, evaluate_batch, read_batch_file, rouge_figure
 from medlab.generation.metrics import ROUGE_TYPES, rouge
 
+
 def reference_rouge(prediction: str, reference: str) -> dict[str, float]:
     """ROUGE F-measures straight from Google's rouge-score (stemming on, as the app scores),
     independent of medlab.generation.metrics."""
@@ -76,8 +77,8 @@ def test_split_report_extracts_findings_and_impression() -> None:
 def test_greedy_streams_and_matches_plain_generate(use_tiny_models: dict[str, str]) -> None:
     import torch
 
-    from medlab.generation.impression import build_prompt
     from medlab.core.loaders import get_model
+    from medlab.generation.impression import build_prompt
 
     updates = list(impression_stream(FINDINGS[0], settings=ImpressionSettings(num_beams=1, max_length=16)))
     assert len(updates) > 2

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab.vision import classify, lung_ct
 from medlab.core.errors import InputError, ModelUnavailableError
 from medlab.core.registry import get_spec
+from medlab.vision import classify, lung_ct
 
 ASSETS = Path(__file__).parent.parent / "assets"
 DICOM = ASSETS / "lung" / "CT_small.dcm"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from medlab.core import errors
-from medlab.retrieval import encoders, image_index, image_search, zero_shot
 from medlab.core.specs import KATHER_CLASSES
+from medlab.retrieval import encoders, image_index, image_search, zero_shot
 
 LABELS = ("tumor", "stroma", "fat", "mucus", "debris", "lymphocytes")
 
@@ -161,10 +161,10 @@ def test_zero_shot_uses_each_models_logit_scale(pdata: Path) -> None:
         assert out[key]["error"] is None and list(probs) == list(KATHER_CLASSES)
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
     # PLIP's numbers recomputed directly with transformers.
+    import os
+
     import torch
     from transformers import CLIPModel, CLIPProcessor
-
-    import os
 
     d = os.environ["MEDLAB_MODEL_PLIP"]  # the tiny checkpoint the engine loaded
     model, proc = CLIPModel.from_pretrained(d).eval(), CLIPProcessor.from_pretrained(d)

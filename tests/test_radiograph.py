@@ -53,8 +53,8 @@ def test_adapter_toggle_changes_logits_and_off_equals_base_weights(use_tiny_mode
     base_dir = use_tiny_models["MEDLAB_MODEL_CAPTIONER"]
     processor = AutoProcessor.from_pretrained(base_dir)
     base = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
-    from medlab.generation.captioner import load_radiograph, prepare_inputs
     from medlab.core.loaders import LoadedModel
+    from medlab.generation.captioner import load_radiograph, prepare_inputs
 
     inputs = prepare_inputs(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlab.vision import classify, skin
 from medlab.core.errors import InputError
 from medlab.core.registry import get_spec
+from medlab.vision import classify, skin
 
 ASSETS = Path(__file__).parent.parent / "assets"
 

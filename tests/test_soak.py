@@ -138,9 +138,10 @@ def test_classroom_soak(live_app: tuple[str, Any], tmp_path: Path, capsys: pytes
 def test_image_cache_writes_are_atomic(tmp_path: Path) -> None:
     """Identical images saved concurrently (same content-addressed path) never expose a
     partly written file to a reader (the race the soak found in Gradio's PIL cache writes)."""
-    import app
     from gradio import processing_utils as pu
     from PIL import Image
+
+    import app
 
     app.atomic_image_cache_writes()
     img = bf._noise_rgb(256, seed=9)

@@ -147,7 +147,7 @@ def test_grouped_split_never_puts_a_group_on_both_sides() -> None:
 
 
 def test_groups_csv_and_duplicates_are_reported(tmp_path: Path, data_dir: Path) -> None:
-    from medlab.vision.teach.dataset import read_groups, scan, split_report, grouped_split
+    from medlab.vision.teach.dataset import grouped_split, read_groups, scan, split_report
 
     root = write_folders(tmp_path / "set", per_class=6, seed=3, size=48)
     shutil.copy(root / "dots" / "dots_000.png", root / "dots" / "copy_of_dots_000.png")  # same class

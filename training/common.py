@@ -148,4 +148,4 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def utc_now() -> str:
     import datetime as dt
 
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

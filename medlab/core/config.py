@@ -192,6 +192,9 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 # Fraction of a GPU's free memory at start that models may take; the rest is left for
 # activations, the KV cache and the CUDA context.
 GPU_WEIGHT_FRACTION = 0.85
+# ZeroGPU's documented memory per workload (an H200 slice); used as the GPU budget when the
+# device cannot be asked before a GPU is attached.
+ZERO_GPU_MEMORY_GB = 70.0
 _gpu_budgets: dict[str, int] = {}
 
 

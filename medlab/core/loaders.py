@@ -386,8 +386,7 @@ def device_budget(device: str) -> int | None:
     if device.startswith("cuda"):
         budget = settings.gpu_memory_budget_bytes(device)
         if budget is None and settings.zero_gpu:  # no GPU attached yet: ZeroGPU's documented size
-            from medlab.core.config import GPU_WEIGHT_FRACTION
-            from medlab.core.zerogpu import ZERO_GPU_MEMORY_GB
+            from medlab.core.config import GPU_WEIGHT_FRACTION, ZERO_GPU_MEMORY_GB
 
             budget = int(ZERO_GPU_MEMORY_GB * GPU_WEIGHT_FRACTION * 2**30)
         return budget

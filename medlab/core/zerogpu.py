@@ -21,9 +21,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 Duration = int | Callable[..., int]
 
-# ZeroGPU's documented memory per workload (an H200 slice); used as the GPU budget when the
-# device cannot be asked before a GPU is attached.
-ZERO_GPU_MEMORY_GB = 70.0
 # Every model the app can preload at start-up on ZeroGPU (the captioner when it fits).
 PRELOAD_KEYS = ("skin", "lung_ct", "impression", "plip", "clip_baseline", "embedder", "captioner")
 

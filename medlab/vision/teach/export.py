@@ -6,8 +6,8 @@ and a model card."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medlab.vision.teach.features import Backbone
