@@ -21,10 +21,11 @@ from bench.section import SECTIONS
 
 # Run order: the search section goes last and gets whatever time is left (its stores are
 # persistent and resumable, see bench/search.py).
-ORDER = ("startup", "gradcam", "tabs", "retrieval", "assistant", "index", "cache", "teach", "captioner", "search")
+ORDER = ("startup", "gradcam", "tabs", "stress", "explain", "retrieval", "assistant", "index", "cache", "teach", "captioner",
+         "quiz", "classroom", "search")
 # Rough full-run seconds per section on the 2-core box, to leave room for the ones after.
 EXPECTED = {"startup": 100, "gradcam": 60, "tabs": 250, "retrieval": 120, "assistant": 60, "index": 90, "cache": 90,
-            "teach": 240, "captioner": 150, "search": 90}
+            "teach": 240, "captioner": 150, "stress": 90, "explain": 90, "quiz": 120, "classroom": 420, "search": 90}
 
 SPIN_PROBE = r"""
 import time, torch

@@ -38,6 +38,10 @@ SECTIONS: dict[str, Section] = {
     "assistant": Section(8, "Assistant: answers what the notes cover, declines what they do not", "assistant_eval"),
     "teach": Section(9, "Teach a classifier: time to teach, feature-extraction rate vs raw forward", "teach"),
     "captioner": Section(10, "CPU captioner (SmolVLM-500M-shaped Idefics3): time to first token, tokens/s", "captioner"),
+    "stress": Section(11, "Failure lab: an 8-step stress sweep vs one plain forward, per tab", "stress_cost"),
+    "explain": Section(12, "Second explanation: Captum occlusion (and IG) vs one plain forward", "explain_cost"),
+    "quiz": Section(13, "Class quiz: 40 students through a 10-case quiz on the running app", "quiz_load"),
+    "classroom": Section(14, "A classroom on the free CPU Space: 40 students, every tab, 16 GB budget", "classroom_load"),
 }
 
 
