@@ -103,7 +103,8 @@ def _one_run(loaded: Any, image: Any, splitting: bool, new_tokens: int) -> dict[
     first = None
     pieces = 0
     text = ""
-    for text in stream_generate(loaded.model, loaded.processor.tokenizer, inputs, kwargs, lock=loaded.extras["lock"]):
+    for text in stream_generate(  # noqa: B007 - the last piece is the whole text
+        loaded.model, loaded.processor.tokenizer, inputs, kwargs, lock=loaded.extras["lock"]):
         pieces += 1
         if first is None:
             first = time.perf_counter()

@@ -83,7 +83,7 @@ def make_corpus(folder: Path, docs: int, sections: int, seed: int = 0) -> list[d
     for d in range(docs):
         title = f"Teaching notes volume {d + 1}: {rng.choice(CONDITIONS)}"
         lines = [f"# {title}", ""]
-        for s in range(sections):
+        for _ in range(sections):
             kind = rng.choice(sorted(KINDS))
             name = _name(rng, used)
             fields = {"name": name, "cls": rng.choice(CLASSES), "cond": rng.choice(CONDITIONS),
@@ -191,9 +191,9 @@ def run(quick: bool = False) -> SectionResult:
     assistant.ask(asked[0]["question"])
     for rec in asked:
         question = rec["question"]
-        t_app, app_hits = timed(lambda: app_fn(question))
-        t_base, base_hits = timed(lambda: baseline(question))
-        t_ask, _ = timed(lambda: assistant.ask(question))
+        t_app, app_hits = timed(lambda q=question: app_fn(q))
+        t_base, base_hits = timed(lambda q=question: baseline(q))
+        t_ask, _ = timed(lambda q=question: assistant.ask(q))
         runs["app_retrieve"].append(t_app)
         runs["doc000_baseline"].append(t_base)
         runs["app_ask_full"].append(t_ask)
@@ -238,7 +238,8 @@ def run(quick: bool = False) -> SectionResult:
         "ef_search 400 for knowledge collections), the baseline searches exactly; any disagreement is listed in results.json.")
     first = prep["first_ingest"]
     if first and prep["chunks_embedded_this_run"] == 0:
-        res.notes.append(f"Corpus ingest through medlab.retrieval.knowledge_store.ingest: {first.get('chunks_embedded')} chunks in "
+        res.notes.append(f"Corpus ingest through medlab.retrieval.knowledge_store.ingest: {first.get('chunks_embedded')} chunks "
+                         "in "
                          f"{first.get('seconds')} s ({first.get('chunks_per_s')} chunks/s, {first.get('when')}); "
                          f"this run's re-ingest of the unchanged corpus took {prep['ingest_seconds_this_run']} s and "
                          f"embedded {prep['chunks_embedded_this_run']} chunks.")

@@ -71,7 +71,8 @@ def _notes_markdown(update: ImpressionUpdate) -> str:
     lines = [f"- {n}" for n in update.notes]
     if update.done:
         if update.rouge:
-            lines.append(translate("runtime.impression_rouge", scores=", ".join(f"{k} **{v:.3f}**" for k, v in update.rouge.items())))
+            scores = ", ".join(f"{k} **{v:.3f}**" for k, v in update.rouge.items())
+            lines.append(translate("runtime.impression_rouge", scores=scores))
         else:
             lines.append(translate("runtime.impression_no_reference"))
         lines.append(translate("runtime.impression_generated_in", seconds=f"{update.seconds:.1f}"))

@@ -206,7 +206,7 @@ def pathology_index(
         raise InputError("Upload a .zip of images or give a folder on the server.")
     lines = []
     for n, key in enumerate(keys):
-        def sub(fraction: float, message: str, n: int = n) -> None:
+        def sub(fraction: float, message: str, n: int = n, key: str = key) -> None:
             report((n + fraction) / len(keys), f"[{_model_name(key)}] {message}")
 
         if zip_file:

@@ -149,9 +149,11 @@ def build() -> None:
             instruction = gr.Textbox(value=DEFAULT_INSTRUCTION, label="Instruction", lines=2,
                                      info="Document 003's training instruction; edit it to see how the model reacts.")
             temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
-                                    info=f"0 = greedy. Document 003 used {DOC_003_TEMPERATURE} (very creative; invents findings).")
+                                    info=f"0 = greedy. Document 003 used {DOC_003_TEMPERATURE} "
+                                         "(very creative; invents findings).")
             with gr.Accordion("More generation settings", open=False):
-                max_new_tokens = gr.Slider(16, MAX_NEW_TOKENS_LIMIT, value=DEFAULT_MAX_NEW_TOKENS, step=16, label="Max new tokens",
+                max_new_tokens = gr.Slider(16, MAX_NEW_TOKENS_LIMIT, value=DEFAULT_MAX_NEW_TOKENS, step=16,
+                                           label="Max new tokens",
                                            info="Document 003: 128.")
                 min_p = gr.Slider(0.0, 0.5, value=DEFAULT_MIN_P, step=0.01, label="min_p",
                                   info="Drop tokens less likely than min_p x the top token's probability "

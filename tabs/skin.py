@@ -93,7 +93,8 @@ def build() -> None:
             examples = [p for p in (ASSETS / "synthetic_lesion.png", ASSETS / "offdomain_cat_chelsea.jpg") if p.is_file()]
             if examples:
                 gr.Examples([[str(p)] for p in examples], inputs=[image], cache_examples=False,
-                            example_labels=["synthetic lesion (drawn, not a patient)", "a cat (off-domain: the gate should flag it)"][: len(examples)],
+                            example_labels=["synthetic lesion (drawn, not a patient)",
+                                            "a cat (off-domain: the gate should flag it)"][: len(examples)],
                             label="Examples (see assets/ATTRIBUTION.md)")
             bars = gr.Label(label="Probability (benign / malignant)", num_top_classes=2,
                             show_heading=False)  # the decision (with its band) is in the text below

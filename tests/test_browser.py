@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import ARTIFACTS
 
@@ -24,7 +25,7 @@ def _wait_text(page: Any, text: str, timeout: int = TIMEOUT_MS) -> None:
     """Wait until the visible page text contains `text` (screenshot of the page if not)."""
     try:
         page.wait_for_function("t => document.body.innerText.includes(t)", arg=text, timeout=timeout)
-    except Exception:
+    except PlaywrightTimeout:
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "FAILED.png"), full_page=True)
         raise AssertionError(f"{text!r} never appeared; page text ends: {page.locator('body').inner_text()[-1500:]!r}") from None
@@ -45,7 +46,7 @@ def _textbox_value(page: Any, label: str) -> str:
     """Wait for the visible textbox with this label to hold text; return it."""
     try:
         return page.wait_for_function(TEXTBOX_JS, arg=label, timeout=TIMEOUT_MS).json_value()
-    except Exception:
+    except PlaywrightTimeout:
         page.screenshot(path=str(SHOTS / "FAILED.png"), full_page=True)
         raise AssertionError(f"the textbox {label!r} stayed empty") from None
 
@@ -67,7 +68,7 @@ def _images_in(page: Any, label: str, n: int = 1) -> int:
     just any <img> on the page: icons and examples are images too); return how many."""
     try:
         return page.wait_for_function(IMAGES_JS, arg=[label, n], timeout=TIMEOUT_MS).json_value()
-    except Exception:
+    except PlaywrightTimeout:
         page.screenshot(path=str(SHOTS / "FAILED.png"), full_page=True)
         raise AssertionError(f"the component {label!r} never showed {n} loaded image(s)") from None
 

@@ -397,13 +397,14 @@ def test_models_loading_at_the_same_time_come_back_whole(use_tiny_models) -> Non
         reset_cache()
         errors: dict[str, str] = {}
 
-        def load(key: str) -> None:
+        def load(key: str, errors: dict[str, str] = errors) -> None:
             try:
                 get_model(key)
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors[key] = str(exc)
 
-        threads = [threading.Thread(target=load, args=(k,)) for k in ("impression", "skin", "lung_ct", "plip", "clip_baseline", "captioner")]
+        keys = ("impression", "skin", "lung_ct", "plip", "clip_baseline", "captioner")
+        threads = [threading.Thread(target=load, args=(k,)) for k in keys]
         for t in threads:
             t.start()
         for t in threads:

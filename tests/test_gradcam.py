@@ -48,7 +48,8 @@ def _resnet():
 def _convnext():
     from transformers import ConvNextConfig, ConvNextForImageClassification
 
-    return ConvNextForImageClassification(ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], **_labels())), (64, 64)
+    config = ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], **_labels())
+    return ConvNextForImageClassification(config), (64, 64)
 
 
 def _efficientnet():

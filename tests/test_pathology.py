@@ -170,7 +170,8 @@ def test_zero_shot_uses_each_models_logit_scale(pdata: Path) -> None:
     model, proc = CLIPModel.from_pretrained(d).eval(), CLIPProcessor.from_pretrained(d)
     labels = ["fat", "tumour"]
     with torch.no_grad():
-        res = model(**proc(text=[f"An H&E image of {l}." for l in labels], images=tile, return_tensors="pt", padding=True))
+        prompts = [f"An H&E image of {label}." for label in labels]
+        res = model(**proc(text=prompts, images=tile, return_tensors="pt", padding=True))
     expect = res.logits_per_image.softmax(-1)[0].tolist()
     got = zero_shot.zero_shot(tile, "fat, tumour", keys=("plip",))["plip"]["probs"]
     assert [got["fat"], got["tumour"]] == pytest.approx(expect, abs=1e-4)

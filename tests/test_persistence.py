@@ -68,7 +68,7 @@ def _state(col: Any) -> dict[str, Any]:
 def _assert_whole(state: dict[str, Any]) -> None:
     ids = state["ids"]
     assert len(ids) == len(set(ids)), "duplicate chunk ids"
-    for (doc, h), metas in state["per"].items():
+    for (doc, _hash), metas in state["per"].items():
         chunks = Counter(m["chunk"] for m in metas)
         assert all(n == 1 for n in chunks.values()), f"{doc}: a chunk stored twice"
         assert len(metas) == metas[0]["n_chunks"], f"{doc}: half a document ({len(metas)}/{metas[0]['n_chunks']} chunks)"
@@ -144,7 +144,7 @@ def test_kill_9_during_knowledge_ingest_keeps_documents_whole_and_resumes(store:
     _assert_whole(crashed)
     crashed_docs = {doc for doc, _ in crashed["per"]}
     assert before_docs <= crashed_docs, f"lost in the crash: {before_docs - crashed_docs}"
-    for key, metas in before["per"].items():
+    for key in before["per"]:
         if key[0] != "knowledge/05-note.md":
             assert key in crashed["per"], f"{key[0]} changed although its file did not"
     assert 6 <= len(crashed_docs) < N_DOCS

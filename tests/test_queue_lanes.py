@@ -68,7 +68,9 @@ class Probe:
 
 
 @pytest.fixture
-def probed_app(tiny_model_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float | None], tuple[Any, Probe, dict[str, Any], Any]]]:
+def probed_app(
+    tiny_model_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[float | None], tuple[Any, Probe, dict[str, Any], Any]]]:
     for var, value in tiny_model_env.items():
         monkeypatch.setenv(var, value)
     import app

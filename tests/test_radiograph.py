@@ -56,7 +56,8 @@ def test_adapter_toggle_changes_logits_and_off_equals_base_weights(use_tiny_mode
     from medlab.core.loaders import LoadedModel
     from medlab.generation.captioner import load_radiograph, prepare_inputs
 
-    inputs = prepare_inputs(LoadedModel("captioner", base, "cpu", processor=processor), load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
+    loaded = LoadedModel("captioner", base, "cpu", processor=processor)
+    inputs = prepare_inputs(loaded, load_radiograph(PHANTOM), DEFAULT_INSTRUCTION)
     with torch.inference_mode():
         reference = base(**inputs).logits[0, -1].float()
     assert torch.allclose(off, reference, atol=1e-5)

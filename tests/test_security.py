@@ -104,7 +104,9 @@ def test_login_required_when_medlab_auth_is_set() -> None:
         url = url.rstrip("/")
         resp = httpx.post(f"{url}/gradio_api/call/model_status", json={"data": []}, timeout=10)
         assert resp.status_code in (401, 403)
-        with pytest.raises(Exception):
+        from gradio_client.exceptions import AuthenticationError
+
+        with pytest.raises(AuthenticationError):
             Client(url + "/", verbose=False)
         client = Client(url + "/", auth=("teacher", "s3cret"), verbose=False)
         assert "models" in client.predict(api_name="/model_status")

@@ -27,7 +27,7 @@ def tiny_vit_classifier(path: Path, labels: tuple[str, ...], image_size: int = 3
     config = ViTConfig(
         image_size=image_size, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=64,
-        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )
     model = ViTForImageClassification(config).eval()
     model.save_pretrained(path)
@@ -42,7 +42,7 @@ def tiny_cnn_classifier(path: Path, labels: tuple[str, ...], image_size: int = 4
     torch.manual_seed(seed)
     config = ResNetConfig(
         num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )
     model = ResNetForImageClassification(config).eval()
     model.save_pretrained(path)

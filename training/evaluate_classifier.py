@@ -102,7 +102,9 @@ def predict(net: Any, processor: Any, folder: ImageFolder, device: str, batch_si
     return np.concatenate(rows, axis=0)
 
 
-def label_space(model_labels: list[str], folder_classes: tuple[str, ...], key: str | None) -> tuple[list[str], list[list[int]], dict[int, int]]:
+def label_space(
+    model_labels: list[str], folder_classes: tuple[str, ...], key: str | None,
+) -> tuple[list[str], list[list[int]], dict[int, int]]:
     """The labels evaluated, which model columns sum into each, and folder class -> label index."""
     from medlab.core.registry import get_spec
 
@@ -244,7 +246,8 @@ def card_section(report: dict[str, Any]) -> str:
         "",
         md_table(
             ["class", "precision", "recall (sens.)", "specificity", "PPV", "NPV", "F1", "AUC", "AP", "n"],
-            [[lab, *(report["per_class"][lab][k] for k in ("precision", "recall", "specificity", "ppv", "npv", "f1", "auc", "ap", "support"))]
+            [[lab, *(report["per_class"][lab][k] for k in ("precision", "recall", "specificity", "ppv", "npv", "f1", "auc", "ap",
+                                                           "support"))]
              for lab in labels],
         ),
     ]

@@ -93,7 +93,7 @@ def load_examples(args: argparse.Namespace) -> list[tuple[Any, str]]:
 
     examples: list[tuple[Any, str]] = []
     if args.data is not None:
-        for n, line in enumerate(args.data.read_text(encoding="utf-8").splitlines(), 1):
+        for line in args.data.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
             row = json.loads(line)

@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _batches(pairs: list[tuple[str, str]], tokenizer: Any, args: argparse.Namespace, shuffle: bool, generator: Any) -> list[dict[str, Any]]:
+def _batches(
+    pairs: list[tuple[str, str]], tokenizer: Any, args: argparse.Namespace, shuffle: bool, generator: Any,
+) -> list[dict[str, Any]]:
     import torch
 
     from medlab.generation.impression import build_prompt

@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--out", type=Path, required=True, help="output model directory")
     t.add_argument("--epochs-frozen", type=int, default=5, help="phase 1: head only, backbone frozen")
     t.add_argument("--epochs", type=int, default=30, help="phase 2: all layers (or --unfreeze-fraction of them)")
-    t.add_argument("--unfreeze-fraction", type=float, default=1.0, help="fraction of backbone parameter tensors (from the top) trained in phase 2")
+    t.add_argument("--unfreeze-fraction", type=float, default=1.0,
+                   help="fraction of backbone parameter tensors (from the top) trained in phase 2")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr-head", type=float, default=1e-3)
     t.add_argument("--lr-finetune", type=float, default=1e-4)
@@ -202,7 +203,9 @@ def set_trainable(model: Any, phase: int, unfreeze_fraction: float) -> None:
 
 
 # -- loop ------------------------------------------------------------------------------------
-def run_epoch(model: Any, loader: Any, loss_fn: Any, device: str, optimizer: Any = None, max_steps: int = 0, desc: str = "") -> tuple[float, float]:
+def run_epoch(
+    model: Any, loader: Any, loss_fn: Any, device: str, optimizer: Any = None, max_steps: int = 0, desc: str = "",
+) -> tuple[float, float]:
     import torch
     from tqdm.auto import tqdm
 
@@ -270,12 +273,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.balance == "sampler":
         w = [1.0 / counts[t] for t in train_set.targets]
         sampler = WeightedRandomSampler(w, num_samples=len(w), replacement=True, generator=g)
-        train_loader = DataLoader(_Dataset(train_set, train_tf), batch_size=args.batch_size, sampler=sampler, num_workers=args.workers)
+        train_loader = DataLoader(_Dataset(train_set, train_tf), batch_size=args.batch_size, sampler=sampler,
+                                  num_workers=args.workers)
     else:
-        train_loader = DataLoader(_Dataset(train_set, train_tf), batch_size=args.batch_size, shuffle=True, generator=g, num_workers=args.workers)
+        train_loader = DataLoader(_Dataset(train_set, train_tf), batch_size=args.batch_size, shuffle=True, generator=g,
+                                  num_workers=args.workers)
         if args.balance == "class-weights":
             n = len(train_set.targets)
-            class_weights = torch.tensor([n / (len(folder.classes) * counts[i]) for i in range(len(folder.classes))], dtype=torch.float32, device=device)
+            weights = [n / (len(folder.classes) * counts[i]) for i in range(len(folder.classes))]
+            class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
     val_loader = DataLoader(_Dataset(val_set, eval_tf), batch_size=args.batch_size, num_workers=args.workers)
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
 
@@ -304,7 +310,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         resume_ckpt = None
         while state["epoch"] < n_epochs:
             epoch = state["epoch"] + 1
-            tr_loss, tr_acc = run_epoch(model, train_loader, loss_fn, device, optimizer, args.max_steps_per_epoch, f"phase {phase} epoch {epoch} train")
+            tr_loss, tr_acc = run_epoch(model, train_loader, loss_fn, device, optimizer, args.max_steps_per_epoch,
+                                        f"phase {phase} epoch {epoch} train")
             va_loss, va_acc = run_epoch(model, val_loader, loss_fn, device, desc=f"phase {phase} epoch {epoch} val")
             scheduler.step(va_loss)
             lr_now = optimizer.param_groups[0]["lr"]

@@ -347,7 +347,8 @@ def check_hardware(key: str) -> None:
                 f"{spec.title} needs a GPU: about {needed / 2**30:.0f} GB of weights in "
                 f"{spec.dtype}, and this machine has no CUDA device "
                 f"({avail / 2**30:.0f} GB RAM free; generation on CPU would take many minutes).",
-                f"run the Space on GPU hardware, set {source.env_var} to a smaller image-text-to-text checkpoint (e.g. HuggingFaceTB/SmolVLM-500M-Instruct) "
+                f"run the Space on GPU hardware, set {source.env_var} to a smaller image-text-to-text checkpoint "
+                "(e.g. HuggingFaceTB/SmolVLM-500M-Instruct) "
                 "(or a local directory), or set MEDLAB_CAPTIONER_ENDPOINT to a remote server.",
             )
 

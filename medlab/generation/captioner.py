@@ -145,7 +145,7 @@ def caption_stream(
 def caption(image: Any, instruction: str | None = None, settings: CaptionSettings | None = None) -> str:
     """The whole description (non-streamed convenience wrapper)."""
     text = ""
-    for text in caption_stream(image, instruction, settings):
+    for text in caption_stream(image, instruction, settings):  # noqa: B007 - the last value is the whole text
         pass
     return text
 

@@ -233,7 +233,7 @@ def generate_texts(loaded: Any, encoded: Encoded, settings: ImpressionSettings) 
 def generate_impression(text: str, reference: str | None = None, settings: ImpressionSettings | None = None) -> ImpressionUpdate:
     """The final result of impression_stream (non-streamed convenience wrapper)."""
     final = None
-    for final in impression_stream(text, reference, settings):
+    for final in impression_stream(text, reference, settings):  # noqa: B007 - the last update is the result
         pass
     assert final is not None
     return final

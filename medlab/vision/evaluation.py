@@ -325,7 +325,8 @@ def evaluate_predictions(
         "confusion_matrix_normalized": np.nan_to_num(cm_norm).tolist(),
         "positive_label": positive_label if pos is not None else None,
         "severity_weighted_error": severity_weighted_error(y, pred, pos),
-        "severity_rule": f"error cost 1, a missed {positive_label or 'positive'} case costs {MISSED_POSITIVE_COST:g} (document 001)",
+        "severity_rule": f"error cost 1, a missed {positive_label or 'positive'} case costs {MISSED_POSITIVE_COST:g} "
+                         "(document 001)",
         "defer": defer_table(y, p, scenarios),
         "calibration": calibration_bins(y, p, n_bins),
         "confidently_wrong": confidently_wrong(y, p, labels, ids),

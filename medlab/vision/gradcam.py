@@ -338,4 +338,4 @@ def jet_colours(n: int = 9) -> list[str]:
     import cv2
 
     ramp = cv2.applyColorMap(np.linspace(0, 255, n).astype(np.uint8).reshape(-1, 1), cv2.COLORMAP_JET)
-    return ["#%02x%02x%02x" % tuple(int(c) for c in px[0][::-1]) for px in ramp]
+    return ["#{:02x}{:02x}{:02x}".format(*(int(c) for c in px[0][::-1])) for px in ramp]
