@@ -16,45 +16,17 @@ import gradio as gr
 
 from medlab import DISCLAIMER
 from medlab.core.errors import MedlabError
+from tabs import page_load
 from tabs.i18n import error_message, translate
+from tabs.page_load import on_page_load
 
 log = logging.getLogger(__name__)
 
-_ON_LOAD_ATTR = "_medlab_on_load"
-
-
-def on_page_load(component: gr.components.Component, fn: Callable[[], Any], placeholder: Any = None) -> None:
-    """Refresh `component` with fn() on every page load, through ONE private load event for
-    the whole app (see finalize_page_load) instead of one public endpoint per component:
-    a page view then costs one request, and no internal helper shows up in the API."""
-    root = gr.context.Context.root_block
-    if root is None:
-        raise RuntimeError("on_page_load() must be called while building a gr.Blocks")
-    if not hasattr(root, _ON_LOAD_ATTR):
-        setattr(root, _ON_LOAD_ATTR, [])
-    getattr(root, _ON_LOAD_ATTR).append((component, fn, placeholder))
-
 
 def finalize_page_load(demo: gr.Blocks) -> None:
-    """Register the single private load event that runs every on_page_load callback.
-    A failing callback leaves its component with a short note; the others still fill."""
-    entries = getattr(demo, _ON_LOAD_ATTR, [])
-    if not entries:
-        return
-
-    def refresh_all() -> list[Any]:
-        values = []
-        for component, fn, placeholder in entries:
-            try:
-                values.append(fn())
-            except Exception as exc:  # noqa: BLE001 - one panel must not blank the page
-                log.warning("page-load refresh of %s failed: %s", getattr(component, "label", component), exc)
-                values.append(placeholder)
-        # Text that locales/en.json holds shows in the page's language (unknown text unchanged).
-        return [translate(v) if isinstance(v, str) else v for v in values]
-
-    demo.load(refresh_all, inputs=None, outputs=[c for c, _, _ in entries], api_visibility="private",
-              queue=False, show_progress="hidden")
+    """Register the app's one private page-load event (tabs.page_load); text values that
+    locales/en.json holds are sent in the page's language (unknown text unchanged)."""
+    page_load.finalize(demo, lambda v: translate(v) if isinstance(v, str) else v)
 
 
 class TolerantImage(gr.Image):

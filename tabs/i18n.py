@@ -128,7 +128,7 @@ def localize(demo: gr.Blocks) -> gr.Blocks:
     """Swap every UI string that en.json holds for its gr.I18n key, and keep the API
     description (/info, view_api) in English. Strings en.json lacks stay as written.
 
-    Call it inside `with demo:`, before tabs.common.finalize_page_load: examples' headers and
+    Call it inside `with demo:`, before tabs.common.finalize_page_load (tabs.page_load): examples' headers and
     sample labels join the app's one page-load event, which sends them in the page's language."""
     datasets: dict[int, Any] = {}
     for slot in list(ui_strings(demo)):
@@ -144,7 +144,7 @@ def localize(demo: gr.Blocks) -> gr.Blocks:
         else:
             setattr(slot.block, slot.attr, I18nData(key))
     if datasets:
-        from tabs.common import on_page_load
+        from tabs.page_load import on_page_load
 
         for dataset in datasets.values():
             on_page_load(dataset, functools.partial(_dataset_update, dataset), gr.update())
