@@ -89,8 +89,21 @@ class GateResult:
 
 
 # -- evidence ------------------------------------------------------------------------------
+_STATS_MEMO = threading.local()  # check_many's two passes compute each image's statistics once
+
+
 def image_stats(image: Any, side: int = 256) -> dict[str, float]:
     """Colour and brightness statistics of a PIL image (downsized for speed)."""
+    memo = getattr(_STATS_MEMO, "table", None)
+    if memo is not None and (id(image), side) in memo:
+        return dict(memo[id(image), side])
+    stats = _image_stats(image, side)
+    if memo is not None:
+        memo[id(image), side] = dict(stats)
+    return stats
+
+
+def _image_stats(image: Any, side: int) -> dict[str, float]:
     from PIL import Image
 
     small = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
@@ -195,6 +208,11 @@ def _limits(template: str, key: str) -> str:
 
 
 _NOT_GIVEN: Any = object()
+_LATER: Any = object()  # check_many's first pass: stop where the object check would run
+
+
+class _ObjectCheckNeeded(Exception):
+    pass
 
 
 def _object_check(image: Any, enabled: bool, checks: dict[str, Any],
@@ -203,7 +221,9 @@ def _object_check(image: Any, enabled: bool, checks: dict[str, Any],
     `found`: its result computed beforehand (recognise_objects on a batch)."""
     if found is _NOT_GIVEN:
         found = recognise_object(image) if enabled else None
-    elif not enabled:
+    elif found is _LATER and enabled:
+        raise _ObjectCheckNeeded
+    elif not enabled or found is _LATER:
         found = None
     if found is not None:
         checks["object"] = {"label": found[0], "probability": round(found[1], 4)}
@@ -311,9 +331,22 @@ def beside(check: Callable[..., GateResult], image: Any, *args: Any, **kwargs: A
 
 def check_many(check: Callable[..., GateResult], images: list[Any], *args: Any, **kwargs: Any) -> list[GateResult]:
     """`check(image, *args, **kwargs)` for each image, with the object check of all of them in
-    one batched forward instead of one per image (what a stress sweep's 8 steps need)."""
-    found = recognise_objects(images) if kwargs.get("object_check", True) else [None] * len(images)
-    return [check(image, *args, object_found=f, **kwargs) for image, f in zip(images, found, strict=True)]
+    one batched forward instead of one per image (what a stress sweep's 8 steps need). Only the
+    images whose check gets as far as the object check are recognised (none for a DICOM)."""
+    results: list[GateResult | None] = []
+    _STATS_MEMO.table = {}  # keyed by id(image): every image stays referenced until the end
+    try:
+        for image in images:
+            try:
+                results.append(check(image, *args, object_found=_LATER, **kwargs))
+            except _ObjectCheckNeeded:
+                results.append(None)
+        pending = [i for i, r in enumerate(results) if r is None]
+        for i, found in zip(pending, recognise_objects([images[i] for i in pending]), strict=True):
+            results[i] = check(images[i], *args, object_found=found, **kwargs)
+    finally:
+        _STATS_MEMO.table = None
+    return [r for r in results if r is not None]
 
 
 def beside_many(check: Callable[..., GateResult], images: list[Any], *args: Any,
