@@ -68,15 +68,13 @@ def run(quick: bool = False) -> SectionResult:
     }
     keys = {"skin": "skin", "lung_ct": "lung_ct", "pathology": "plip"}
     images = {"skin": skin_img, "lung_ct": lung_img, "pathology": tile}
-    repeats = 2 if quick else 6
+    repeats = 2 if quick else 4
     rows, details = [], {"repeats": repeats, "steps": STEPS, "family": FAMILY, "scale": scale,
                          "object_check": gate.object_check_available(), "tabs": {}}
     for tab, (plain, sweep, step0) in tabs.items():
         p_out, s_out = plain(), sweep()  # also the warm-up: models load here, not in the timings
         diff = step0(p_out, s_out)
-        runs = interleaved({"plain": plain, "sweep": sweep}, repeats, warmup=1)
-        stats = {k: summary(v) for k, v in runs.items()}
-        # the compute floor: the raw model forward of one image vs a batch of STEPS
+        # the compute floor, in the same interleaved runs: the raw model forward of one image and of a batch of STEPS
         loaded = get_model(keys[tab])
         image = load_any(images[tab]).image
         if tab == "pathology":
@@ -90,8 +88,9 @@ def run(quick: bool = False) -> SectionResult:
 
             def raw(n: int, pixels: Any = pixels, loaded: Any = loaded) -> Any:
                 return classify.forward(loaded, pixels.repeat(n, 1, 1, 1))
-        raws = interleaved({"forward_1": lambda: raw(1), f"forward_{STEPS}": lambda: raw(STEPS)}, repeats, warmup=1)
-        stats.update({k: summary(v) for k, v in raws.items()})
+        runs = interleaved({"plain": plain, "sweep": sweep, "forward_1": lambda raw=raw: raw(1),
+                            f"forward_{STEPS}": lambda raw=raw: raw(STEPS)}, repeats, warmup=0)
+        stats = {k: summary(v) for k, v in runs.items()}
         perturb_s = summary([min(time_apply(perturb.get_family(FAMILY), image, STEPS) for _ in range(3))])
         ratio = stats["sweep"]["median_ms"] / stats["plain"]["median_ms"]
         floor = stats[f"forward_{STEPS}"]["median_ms"] / stats["plain"]["median_ms"]
