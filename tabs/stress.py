@@ -21,7 +21,7 @@ GPU_SECONDS = 30
 
 
 def _fmt(value: float) -> str:
-    return f"{value:g}"
+    return f"{value:.3g}"
 
 
 def _report(result: Any) -> tuple[Any, list[tuple[Any, str]], str, dict[str, Any]]:
@@ -30,7 +30,7 @@ def _report(result: Any) -> tuple[Any, list[tuple[Any, str]], str, dict[str, Any
 
     fam = result.family
     unit = fam.unit
-    strip = [(img, f"{fam.parameter} {_fmt(s)} {unit}") for img, s in zip(result.images, result.strengths, strict=True)]
+    strip = [(img, f"{fam.parameter} {_fmt(s)}") for img, s in zip(result.images, result.strengths, strict=True)]
     lines = [translate("runtime.stress_family", title=translate(fam.title), description=translate(fam.description))]
     flip = result.flip_index
     if flip is None:
@@ -152,10 +152,11 @@ def stress_panel(tab: str, image: gr.components.Component, *extra: gr.components
                                  elem_id=f"{tab}-stress-family")
             steps = gr.Slider(perturb.MIN_STEPS, perturb.MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps")
         run = gr.Button("Run stress test", variant="secondary", elem_id=f"{tab}-stress-run")
-        plot = gr.Image(label="Probabilities against strength", type="pil", format="png", interactive=False,
-                        elem_id=f"{tab}-stress-plot")
-        strip = gr.Gallery(label="Perturbed inputs (strength under each)", columns=8, rows=1, height="auto",
-                           object_fit="contain", elem_id=f"{tab}-stress-strip")
+        # no label badge over the plot: it would hide the plot's title
+        plot = gr.Image(label="Probabilities against strength", show_label=False, type="pil", format="png",
+                        interactive=False, elem_id=f"{tab}-stress-plot")
+        strip = gr.Gallery(label="Perturbed inputs (strength under each)", columns=4, height=300,
+                           object_fit="contain", allow_preview=True, elem_id=f"{tab}-stress-strip")
         report = gr.Markdown(elem_id=f"{tab}-stress-report")
         with gr.Accordion("Stress summary (JSON)", open=False):
             summary = gr.JSON(label="summary")

@@ -303,7 +303,7 @@ def test_plot_marks_the_flip_and_the_gate_only_when_they_happen(use_tiny_models,
     flipped = render(stress_lung(str(CAT), "zoom", 8))
     monkeypatch.setattr(classify, "forward", lambda loaded, pv: torch.tensor([[3.0, 0.0, 0.0]] * pv.shape[0]))
     steady = render(stress_lung(str(DICOM), "zoom", 8))
-    assert flipped.size == steady.size == (900, 420)
+    assert flipped.size == steady.size == (800, 480)
     purple = "#9467bd"  # the flip marker's colour in stress_plot
     assert _has_colour(flipped, purple) and not _has_colour(steady, purple)
     pink = "#fae1e2"  # the gate's red shading (alpha 0.12 over white)
@@ -330,9 +330,9 @@ def test_skin_stress_through_the_client(live_app) -> None:
 
     _, client = live_app
     plot, strip, report, summary = client.predict(handle_file(str(LESION)), "brightness", api_name="/skin_stress")
-    assert Image.open(plot).size == (900, 420)
+    assert Image.open(plot).size == (800, 480)
     assert len(strip) == 8 and all(Path(item["image"]).is_file() for item in strip)
-    assert strip[0]["caption"] == "factor 1 x original" and strip[-1]["caption"] == "factor 0.1 x original"
+    assert strip[0]["caption"] == "factor 1" and strip[-1]["caption"] == "factor 0.1"
     assert summary["strengths"][0] == 1.0 and len(summary["probabilities"]) == 8
     # step 0 is the unperturbed photo: the same probability /skin_classify gives
     *_, plain = client.predict(handle_file(str(LESION)), api_name="/skin_classify")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+TAB_TITLES = {"skin": "skin-lesion", "lung_ct": "lung-CT", "pathology": "PLIP zero-shot"}
 MAX_LINES = 9  # zero-shot may have up to 50 labels: plot the ones that ever rank high
 
 
@@ -18,7 +19,7 @@ def _plotted(result: Any) -> list[str]:
     return sorted(classes, key=lambda c: -best[c])[:MAX_LINES]
 
 
-def render(result: Any, width_px: int = 900, height_px: int = 420) -> Any:
+def render(result: Any, width_px: int = 800, height_px: int = 480) -> Any:
     """A PIL RGB image of the plot for a medlab.vision.stress.StressResult."""
     import matplotlib
 
@@ -39,6 +40,9 @@ def render(result: Any, width_px: int = 900, height_px: int = 420) -> Any:
         if result.band:
             ax.axhspan(result.band[0], result.band[1], color="#7f7f7f", alpha=0.12, lw=0, label="uncertain band")
         ax.axhline(result.threshold, color="#444444", ls="--", lw=1.2, label=f"threshold {result.threshold:.3g}")
+    defer_at = result.info.get("scenario_threshold") if result.tab == "lung_ct" else None
+    if defer_at:
+        ax.axhline(defer_at, color="#444444", ls=":", lw=1.2, label=f"defers when the top class is below {defer_at:.2g}")
     for name in _plotted(result):
         ax.plot(xs, [p[name] for p in result.probabilities], marker="o", lw=2 if name == result.classes[0] else 1.5,
                 label=name)
@@ -51,9 +55,9 @@ def render(result: Any, width_px: int = 900, height_px: int = 420) -> Any:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(result.family.axis_label())
     ax.set_ylabel("predicted probability")
-    ax.set_title(f"{result.family.title}: {result.tab.replace('_', ' ')} model", fontsize=11)
+    ax.set_title(f"{result.family.title}: {TAB_TITLES.get(result.tab, result.tab)} model", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
