@@ -30,7 +30,7 @@ def _report(result: Any) -> tuple[Any, list[tuple[Any, str]], str, dict[str, Any
 
     fam = result.family
     unit = fam.unit
-    strip = [(img, f"{fam.parameter} {_fmt(s)}") for img, s in zip(result.images, result.strengths, strict=True)]
+    strip = [(img, fam.caption(s)) for img, s in zip(result.images, result.strengths, strict=True)]
     lines = [translate("runtime.stress_family", title=translate(fam.title), description=translate(fam.description))]
     flip = result.flip_index
     if flip is None:

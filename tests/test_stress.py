@@ -332,7 +332,7 @@ def test_skin_stress_through_the_client(live_app) -> None:
     plot, strip, report, summary = client.predict(handle_file(str(LESION)), "brightness", api_name="/skin_stress")
     assert Image.open(plot).size == (800, 480)
     assert len(strip) == 8 and all(Path(item["image"]).is_file() for item in strip)
-    assert strip[0]["caption"] == "factor 1" and strip[-1]["caption"] == "factor 0.1"
+    assert strip[0]["caption"] == "×1" and strip[-1]["caption"] == "×0.1"
     assert summary["strengths"][0] == 1.0 and len(summary["probabilities"]) == 8
     # step 0 is the unperturbed photo: the same probability /skin_classify gives
     *_, plain = client.predict(handle_file(str(LESION)), api_name="/skin_classify")

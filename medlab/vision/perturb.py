@@ -43,6 +43,7 @@ class Family:
     unit: str
     description: str
     fn: Callable[[Any, float], Any]  # (PIL RGB image, strength) -> PIL RGB image, same size
+    short: str = "{:.3g}"  # a strength in a few characters (the strip's captions)
 
     def strengths(self, steps: int = 8) -> list[float]:
         """`steps` evenly spaced strengths from the identity to the strongest."""
@@ -57,6 +58,9 @@ class Family:
         if float(strength) == self.start:
             return rgb.copy()
         return self.fn(rgb, float(strength))
+
+    def caption(self, strength: float) -> str:
+        return self.short.format(strength)
 
     def axis_label(self) -> str:
         return f"{self.parameter} ({self.unit})"
@@ -158,27 +162,27 @@ def _occlude(image: Any, percent: float) -> Any:
 FAMILIES: MappingProxyType[str, Family] = MappingProxyType({f.name: f for f in (
     Family("rotation", "Rotation", "angle", 0.0, 180.0, "degrees",
            "Turns the image counter-clockwise about its centre; corners that leave the frame are filled black.",
-           _rotate),
+           _rotate, "{:.3g}°"),
     Family("blur", "Gaussian blur", "sigma", 0.0, 3.0, "% of the short side",
            "Smooths the image with a Gaussian kernel (sigma relative to the image size, so the model sees "
-           "the same blur whatever the upload's resolution).", _blur),
+           "the same blur whatever the upload's resolution).", _blur, "σ {:.3g}%"),
     Family("noise", "Gaussian noise", "sigma", 0.0, 0.4, "of the 0-1 pixel range",
            f"Adds Gaussian noise to every pixel (seeded generator, seed {NOISE_SEED}: the same each time), "
-           "then clips to the valid range.", _noise),
+           "then clips to the valid range.", _noise, "σ {:.2g}"),
     Family("jpeg", "JPEG quality", "quality", 100.0, 5.0, "JPEG quality",
            "Re-encodes the image as JPEG with Pillow at decreasing quality (100 = the original, not "
-           "re-encoded); block artefacts grow as quality falls.", _jpeg),
+           "re-encoded); block artefacts grow as quality falls.", _jpeg, "q {:.0f}"),
     Family("brightness", "Brightness", "factor", 1.0, 0.1, "x original",
-           "Multiplies every pixel by the factor: 1 = unchanged, lower = darker (under-exposure).", _brightness),
+           "Multiplies every pixel by the factor: 1 = unchanged, lower = darker (under-exposure).", _brightness, "×{:.2g}"),
     Family("contrast", "Contrast", "factor", 1.0, 0.1, "x original",
            "Blends the image with its mean grey: 1 = unchanged, lower = flatter (a washed-out photo).",
-           _contrast),
+           _contrast, "×{:.2g}"),
     Family("zoom", "Centre crop / zoom", "zoom", 1.0, 4.0, "x",
            "Crops the centre (1/zoom of each side) and resizes it back: the model sees less context, "
-           "magnified.", _zoom),
+           "magnified.", _zoom, "×{:.2g}"),
     Family("occlusion", "Sliding occluding patch", "patch position", 0.0, 100.0, "% across",
            f"Slides a grey square ({OCCLUDER_SIDE:.0%} of the short side) in from the left edge across the "
-           "middle of the image: where does hiding a region change the answer?", _occlude),
+           "middle of the image: where does hiding a region change the answer?", _occlude, "{:.0f}% across"),
 )})
 DEFAULT_FAMILY = "rotation"
 
