@@ -366,3 +366,13 @@ def test_stress_bad_input_is_a_clear_error(live_app) -> None:
         client.predict(handle_file(str(LESION)), "swirl", api_name="/skin_stress")
     with pytest.raises(AppError, match="No image was given"):
         client.predict(None, api_name="/skin_stress")
+
+
+def test_large_uploads_are_swept_on_a_reduced_copy() -> None:
+    big = _photo((2048, 1536))
+    strengths, images = perturb.sweep(big, "blur", 3)
+    assert [im.size for im in images] == [(1024, 768)] * 3
+    expected = np.asarray(big.resize((1024, 768), Image.Resampling.LANCZOS), dtype=np.int16)
+    assert np.array_equal(_a(images[0]), expected)  # step 0: the reduced copy, otherwise untouched
+    small = _photo((300, 200))
+    assert perturb.sweep(small, "blur", 3)[1][0].size == (300, 200)  # small images keep their size

@@ -80,9 +80,10 @@ def _rows(logits: Any) -> list[Any]:
     return [classify.probabilities(logits[i:i + 1]) for i in range(logits.shape[0])]
 
 
-def _info(decoded: Any) -> dict[str, Any]:
+def _info(decoded: Any, images: Sequence[Any]) -> dict[str, Any]:
     info = {k: v for k, v in decoded.info.items() if k in ("format", "width", "height", "modality", "window", "note")}
     info["kind"] = decoded.kind
+    info["swept_size"] = list(images[0].size)  # smaller than the upload when it exceeded perturb.SWEEP_MAX_SIDE
     return info
 
 
@@ -113,7 +114,7 @@ def stress_skin(path: str | os.PathLike[str] | None, family: str = perturb.DEFAU
         decision = skin.decide(p, threshold, band)
         probabilities.append({"malignant": p, "benign": 1.0 - p})
         decisions.append(decision.label)
-    info = _info(decoded) | {"threshold_source": source}
+    info = _info(decoded, images) | {"threshold_source": source}
     return StressResult("skin", fam, strengths, ["malignant", "benign"], probabilities, decisions, gates, images,
                         threshold, decision.band, info)
 
@@ -150,7 +151,7 @@ def stress_lung(path: str | os.PathLike[str] | None, family: str = perturb.DEFAU
         verdict = lung_ct.defer(app, scenario, spec)
         probabilities.append(app)
         decisions.append("defer" if verdict.deferred else verdict.top_label)
-    info = _info(decoded) | {"scenario": verdict.scenario, "scenario_threshold": verdict.threshold}
+    info = _info(decoded, images) | {"scenario": verdict.scenario, "scenario_threshold": verdict.threshold}
     return StressResult("lung_ct", fam, strengths, list(order), probabilities, decisions, gates, images, info=info)
 
 
@@ -182,5 +183,6 @@ def stress_pathology(path: Any, family: str = perturb.DEFAULT_FAMILY, steps: int
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     probabilities = [{label: float(p) for label, p in zip(label_list, row, strict=True)} for row in probs]
     decisions = [max(p, key=p.get) for p in probabilities]
-    info = {"model": key, "template": template, "width": image.size[0], "height": image.size[1]}
+    info = {"model": key, "template": template, "width": image.size[0], "height": image.size[1],
+            "swept_size": list(images[0].size)}
     return StressResult("pathology", fam, strengths, label_list, probabilities, decisions, None, images, info=info)
