@@ -18,6 +18,7 @@ from tabs.common import (
     ui_errors,
 )
 from tabs.i18n import translate
+from tabs.stress import stress_panel
 
 TITLE = "Lung CT"
 TAB_ID = "lung_ct"
@@ -140,6 +141,7 @@ def build() -> None:
             verdict = gr.Markdown(elem_id="lung-verdict")
             with gr.Accordion("Summary (JSON, as returned by /lung_classify)", open=False):
                 summary = gr.JSON(label="summary")
+            stress_panel("lung_ct", file, window, scenario)
     gr.Markdown(
         "**Defer rule (document 001).** If the highest class probability is below the scenario's threshold, "
         "the result is *recommend further examination* instead of a class. A stricter scenario defers more cases "

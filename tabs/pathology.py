@@ -27,6 +27,7 @@ from tabs.common import (
     ui_errors,
 )
 from tabs.i18n import translate
+from tabs.stress import stress_panel
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,7 @@ def build() -> None:
         with gr.Column(scale=1):
             clip_out = gr.Label(label="General CLIP", num_top_classes=9)
     zs_notes = gr.Markdown()
+    stress_panel("pathology", zs_image, labels, template)
     model_event(classify.click, pathology_zero_shot, inputs=[zs_image, labels, template],
                 outputs=[plip_out, clip_out, zs_notes], api_name="pathology_zero_shot", gpu_duration=30)
 

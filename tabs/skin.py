@@ -21,6 +21,7 @@ from tabs.common import (
     ui_errors,
 )
 from tabs.i18n import translate
+from tabs.stress import stress_panel
 
 TITLE = "Skin lesion"
 TAB_ID = "skin"
@@ -105,6 +106,7 @@ def build() -> None:
             on_page_load(explanation, _explanation, "")
             with gr.Accordion("Summary (JSON, as returned by /skin_classify)", open=False):
                 summary = gr.JSON(label="summary")
+            stress_panel("skin", image)
             with gr.Accordion("Reference images: benign vs malignant", open=False):
                 refs = _reference_images()
                 if refs:

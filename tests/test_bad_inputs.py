@@ -97,12 +97,21 @@ def _zero_shot_ok(result: Any) -> None:
     assert abs(sum(c["confidence"] for c in plip["confidences"]) - 1.0) < 1e-3
 
 
+def _stress_ok(result: Any) -> None:
+    plot, strip, report, summary = result
+    assert plot and Path(plot).is_file() and isinstance(report, str) and report.strip()
+    assert len(strip) == len(summary["strengths"]) == len(summary["probabilities"]) == 8
+
+
 IMAGE_APIS: dict[str, Callable[[Any], None]] = {
     "/skin_classify": _skin_ok,
     "/lung_classify": _lung_ok,
     "/radiograph_caption": _caption_ok,
     "/pathology_similar": _similar_ok,
     "/pathology_zero_shot": _zero_shot_ok,
+    "/skin_stress": _stress_ok,
+    "/lung_ct_stress": _stress_ok,
+    "/pathology_stress": _stress_ok,
 }
 IMAGE_ARGS: dict[str, tuple[Any, ...]] = {"/radiograph_caption": ("Describe.", 0.0, 16)}
 

@@ -43,6 +43,7 @@ def mcp_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, set
 def test_schema_lists_every_public_api_name_as_a_documented_tool(mcp_app: tuple[str, set[str]]) -> None:
     url, public = mcp_app
     assert len(public) >= 10  # the five tabs' endpoints and /model_status
+    assert {"skin_stress", "lung_ct_stress", "pathology_stress"} <= public  # the Failure lab's three tools
     response = httpx.get(url + "gradio_api/mcp/schema", timeout=30, trust_env=False)
     response.raise_for_status()
     tools = response.json()
