@@ -151,7 +151,7 @@ def occlusion(model: Any, pixel_values: Any, class_index: int, grid: int = DEFAU
     progress = progress or no_progress
     height, width = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
     window, positions, per_eval = occlusion_plan(height, width, grid, max_batch)
-    n_batches = math.ceil(positions / per_eval)
+    n_batches = math.ceil(positions / per_eval) + (known_probabilities is None)  # + Captum's own unperturbed pass
     forward = CountingForward(
         model, pixel_values, known_probabilities,
         on_batch=lambda i: progress(i / (n_batches + 1),
