@@ -48,8 +48,8 @@ def _render(result: Any, seconds: float) -> tuple[Any, ...]:
     occ = result.occlusion
     status = translate("runtime.explain_done", cls=result.explained_class, p=f"{result.probability:.1%}",
                        copies=occ.images, batches=len(occ.batches), seconds=f"{seconds:.1f}")
-    ig = gr.update(value=result.ig_overlay, visible=result.ig_overlay is not None)
-    return (result.gradcam_overlay, result.occlusion_overlay, ig, "\n\n".join(lines), status, result.summary())
+    return (result.gradcam_overlay, result.occlusion_overlay, result.ig_overlay, "\n\n".join(lines), status,
+            result.summary())
 
 
 @ui_errors
@@ -155,6 +155,8 @@ def explain_panel(tab: str, input_component: gr.components.Component, *extra_inp
     def running() -> str:
         return translate("runtime.explain_running")
 
+    with_ig.change(lambda on: gr.update(visible=bool(on)), with_ig, ig, queue=False, api_visibility="private",
+                   show_progress="hidden")  # the IG image shows only when asked for
     shown = run.click(running, None, status, queue=False, api_visibility="private", show_progress="hidden")
     model_event(shown.then, handler, inputs=[input_component, grid, with_ig, opacity, *extra_inputs],
                 outputs=[cam, occ, ig, agreement, status, summary], api_name=api_name, gpu_duration=gpu_seconds)
