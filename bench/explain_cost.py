@@ -83,9 +83,9 @@ def _cat_check(model: Any, processor: Any) -> dict[str, Any]:
         shown = attribution.for_display(occ.heat)
         heat = gradcam.place_in_input(shown, box, 448, 448)
         top = heat >= heat.max() - 1e-6
-        agree = attribution.agreement(cam.cam, shown)
+        agree = attribution.agreement(cam.cam, occ.heat)
         out[f"{grid}x{grid}"] = {"top_window_on_cat": round(float((top & inside).sum() / max(1, top.sum())), 3),
-                                 "non_constant": bool(np.ptp(occ.heat) > 0), **agree.to_dict()}
+                                 "non_constant": not attribution.is_flat(occ.heat), **agree.to_dict()}
     return out
 
 

@@ -159,4 +159,5 @@ def explain_panel(tab: str, input_component: gr.components.Component, *extra_inp
                    show_progress="hidden")  # the IG image shows only when asked for
     shown = run.click(running, None, status, queue=False, api_visibility="private", show_progress="hidden")
     model_event(shown.then, handler, inputs=[input_component, grid, with_ig, opacity, *extra_inputs],
-                outputs=[cam, occ, ig, agreement, status, summary], api_name=api_name, gpu_duration=gpu_seconds)
+                outputs=[cam, occ, ig, agreement, status, summary], api_name=api_name, gpu_duration=gpu_seconds,
+                show_progress_on=[cam, occ, ig])  # the status line stays readable while it runs

@@ -150,6 +150,20 @@ def test_top_overlap_identical_disjoint_nested_and_partial() -> None:
     assert attribution.top_overlap(a, np.ones_like(a)) is None
 
 
+def test_display_scaling_and_flat_maps() -> None:
+    signed = np.array([[-0.2, 0.0], [0.1, 0.3]], dtype=np.float32)  # covering one window raised p
+    assert np.allclose(attribution.for_display(signed), [[0.0, 0.4], [0.6, 1.0]])
+    noise = np.full((4, 4), 0.25, dtype=np.float32) + np.float32(1e-8) * np.eye(4, dtype=np.float32)
+    assert attribution.is_flat(noise) and not attribution.for_display(noise).any()
+    cam = np.random.default_rng(1).random((8, 8))
+    flat = attribution.agreement(cam, noise)
+    assert (flat.rho, flat.overlap, flat.verdict) == (None, None, "cannot compare")
+    same = attribution.agreement(cam, cam)
+    assert same.rho == pytest.approx(1.0) and same.overlap == 1.0 and same.verdict == "agree"
+    # rank-based: a monotone rescaling of a map changes nothing
+    assert attribution.agreement(cam, 3 * cam - 1).to_dict() == same.to_dict()
+
+
 @pytest.mark.parametrize(("rho", "overlap", "expected"), [
     (0.9, 0.8, "agree"), (0.5, 0.5, "agree"), (0.6, 0.2, "partly agree"), (0.1, 0.9, "partly agree"),
     (0.1, 0.1, "disagree"), (-0.5, 0.0, "disagree"), (None, 0.5, "cannot compare"),
@@ -212,14 +226,15 @@ def test_real_imagenet_model_occlusion_finds_the_cat(efficientnet_lite0: Path) -
         known = attribution.class_probability(cam.logits)
         occ = attribution.occlusion(model, pv, cam.class_index, grid=3, known_probabilities=known)
         box = classify.visible_box(processor, *canvas.size)
-        heat = gradcam.place_in_input(attribution.for_display(occ.heat), box, *canvas.size)
+        drop = np.clip(occ.heat, 0.0, None) / float(occ.heat.max())  # the positive drop, scaled to [0, 1]
+        heat = gradcam.place_in_input(drop, box, *canvas.size)
         inside = np.zeros(heat.shape, dtype=bool)
         inside[y0:y0 + 160, x0:x0 + 240] = True
         mass = float(heat[inside].sum() / heat.sum())
         top = heat >= heat.max() - 1e-6  # the window(s) with the largest drop
         top_inside = float((top & inside).sum() / top.sum())
         area = 240 * 160 / ((box[2] - box[0]) * (box[3] - box[1]))
-        agree = attribution.agreement(cam.cam, attribution.for_display(occ.heat))
+        agree = attribution.agreement(cam.cam, occ.heat)
         print(f"cat at {(x0, y0)}: occlusion mass inside {mass:.3f} (area {area:.3f}), top window {top_inside:.2f} on the cat, "
               f"rho {agree.rho:.2f}, overlap {agree.overlap:.2f} ({agree.verdict})")
         assert top_inside >= 0.75, (x0, y0, top_inside)

@@ -263,17 +263,28 @@ def verdict(rho: float | None, overlap: float | None) -> str:
 
 def agreement(first: np.ndarray, second: np.ndarray, names: tuple[str, str] = ("gradcam", "occlusion")) -> Agreement:
     """How far two maps of one shape agree (compared at most COMPARE_SIDE px per side)."""
+    if is_flat(first) or is_flat(second):
+        return Agreement(names[0], names[1], None, None, "cannot compare")
     a, b = _compare_size(first), _compare_size(second)
     rho, overlap = spearman(a, b), top_overlap(a, b)
     return Agreement(names[0], names[1], rho, overlap, verdict(rho, overlap))
 
 
+FLAT = 1e-6  # a map whose values span less than this (probability units) is flat: float noise
+
+
+def is_flat(heat: np.ndarray) -> bool:
+    return heat.size == 0 or float(np.ptp(np.nan_to_num(heat))) < FLAT
+
+
 def for_display(heat: np.ndarray) -> np.ndarray:
-    """A signed map -> [0, 1] for the overlay: negative values (covering raised the score) at
-    0, the largest drop at 1; all zero when nothing lowered the score."""
-    pos = np.clip(np.nan_to_num(heat.astype(np.float32)), 0.0, None)
-    top = float(pos.max()) if pos.size else 0.0
-    return pos / top if top > 0 else pos
+    """A signed occlusion map -> [0, 1], min-max per image like Grad-CAM's: 1 = the window
+    whose covering lowers the probability most, 0 = the one that lowers it least (or raises
+    it most). All zero when the map is flat. The absolute drops are in the summary."""
+    heat = np.nan_to_num(heat.astype(np.float32))
+    if is_flat(heat):
+        return np.zeros_like(heat)
+    return (heat - heat.min()) / float(np.ptp(heat))
 
 
 # -- the pipeline for a tab -----------------------------------------------------------------------
@@ -345,11 +356,11 @@ def explain(key: str, path: str | os.PathLike[str], grid: int = DEFAULT_GRID, wi
     progress(0.95, "Comparing the maps…")
     occ_display = for_display(occ.heat)
     maps = {"gradcam": cam.cam, "occlusion": occ_display}
-    agreements = [agreement(cam.cam, occ_display)]
+    agreements = [agreement(cam.cam, occ.heat)]  # the signed map: its ranking, not the display's
     if ig is not None:
         maps["integrated_gradients"] = for_display(ig.heat)
-        agreements += [agreement(cam.cam, maps["integrated_gradients"], ("gradcam", "integrated_gradients")),
-                       agreement(occ_display, maps["integrated_gradients"], ("occlusion", "integrated_gradients"))]
+        agreements += [agreement(cam.cam, ig.heat, ("gradcam", "integrated_gradients")),
+                       agreement(occ.heat, ig.heat, ("occlusion", "integrated_gradients"))]
     overlays = {name: overlay(decoded.image, place_in_input(m, box, width, height), float(opacity), box)
                 for name, m in maps.items()}
     label = labels[index] if index < len(labels) else str(index)
