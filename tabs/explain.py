@@ -41,7 +41,8 @@ def _render(result: Any, seconds: float) -> tuple[Any, ...]:
 
     lines = []
     for a in result.agreements:
-        lines.append(translate("runtime.explain_agreement", first=METHODS[a.first].name, second=METHODS[a.second].name,
+        lines.append(translate("runtime.explain_agreement", first=translate(METHODS[a.first].name),
+                               second=translate(METHODS[a.second].name),  # the image labels' text
                                rho=_number(a.rho), overlap=_number(a.overlap), verdict=_verdict_text(a.verdict)))
     lines.append(translate("runtime.explain_thresholds", agree_rho=AGREE_RHO, agree_overlap=AGREE_OVERLAP,
                            disagree_rho=DISAGREE_RHO, disagree_overlap=DISAGREE_OVERLAP))

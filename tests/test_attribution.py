@@ -254,6 +254,21 @@ def test_explain_pipeline_on_tiny_models(use_tiny_models: dict[str, str]) -> Non
     lung = attribution.explain("lung_ct", str(ASSETS / "lung" / "CT_small.dcm"), grid=3, with_ig=True)
     assert lung.gradcam_overlay.size == (128, 128) and lung.occlusion.batches == [5, 4]
     assert lung.ig_overlay is not None and len(lung.agreements) == 3
+    # the tab's run-time text follows the page's language (English for API callers)
+    from types import SimpleNamespace
+
+    from gradio.context import LocalContext
+
+    from tabs.explain import _render
+
+    english = _render(lung, 1.0)
+    assert "Occlusion sensitivity vs Integrated Gradients" in english[3] and "covered copies" in english[4]
+    token = LocalContext.request.set(SimpleNamespace(headers={"x-gradio-user": "app", "accept-language": "zh-CN"}))
+    try:
+        chinese = _render(lung, 1.0)
+    finally:
+        LocalContext.request.reset(token)
+    assert "遮挡敏感性 与 积分梯度" in chinese[3] and "遮挡副本" in chinese[4] and "Occlusion" not in chinese[3]
 
 
 def test_explain_endpoints_through_the_client(live_app) -> None:
