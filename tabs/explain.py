@@ -49,6 +49,8 @@ def _render(result: Any, seconds: float) -> tuple[Any, ...]:
     occ = result.occlusion
     status = translate("runtime.explain_done", cls=result.explained_class, p=f"{result.probability:.1%}",
                        copies=occ.images, batches=len(occ.batches), seconds=f"{seconds:.1f}")
+    if result.gate is not None and result.gate.flagged:  # same headline and verdict as the classify button's
+        status = translate("runtime.off_domain_headline") + "\n\n" + status + "\n\n" + result.gate.markdown()
     return (result.gradcam_overlay, result.occlusion_overlay, result.ig_overlay, "\n\n".join(lines), status,
             result.summary())
 

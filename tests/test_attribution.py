@@ -246,11 +246,17 @@ def test_real_imagenet_model_occlusion_finds_the_cat(efficientnet_lite0: Path) -
 def test_explain_pipeline_on_tiny_models(use_tiny_models: dict[str, str]) -> None:
     from PIL import Image
 
+    from tabs.explain import _render
+
     result = attribution.explain("skin", str(ASSETS / "skin" / "synthetic_lesion.png"), grid=2)
     size = Image.open(ASSETS / "skin" / "synthetic_lesion.png").size
     assert result.gradcam_overlay.size == size == result.occlusion_overlay.size
     assert result.occlusion.batches == [4] and result.ig is None
     assert result.summary()["agreement"][0]["maps"] == ["gradcam", "occlusion"]
+    assert result.summary()["gate"]["flagged"] is False
+    # the input gate runs here too: a CT slice on the skin tab is explained, and flagged
+    flagged = attribution.explain("skin", str(ASSETS / "lung" / "ct_small_lung_window.png"))
+    assert flagged.gate.flagged and "Off-domain input" in _render(flagged, 1.0)[4]
     lung = attribution.explain("lung_ct", str(ASSETS / "lung" / "CT_small.dcm"), grid=3, with_ig=True)
     assert lung.gradcam_overlay.size == (128, 128) and lung.occlusion.batches == [5, 4]
     assert lung.ig_overlay is not None and len(lung.agreements) == 3
@@ -258,8 +264,6 @@ def test_explain_pipeline_on_tiny_models(use_tiny_models: dict[str, str]) -> Non
     from types import SimpleNamespace
 
     from gradio.context import LocalContext
-
-    from tabs.explain import _render
 
     english = _render(lung, 1.0)
     assert "Occlusion sensitivity vs Integrated Gradients" in english[3] and "covered copies" in english[4]

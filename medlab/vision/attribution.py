@@ -52,7 +52,7 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     Method("gradcam", "Grad-CAM",
            "how strongly the last feature maps, weighted by the class score's gradient, respond in each region "
            "(what the model's own features point at).",
-           {"layer": "last conv stage / last block's norm"}, "about 1.3x a forward"),
+           {"layer": "last conv stage / last block's norm"}, "0.7-1.2x a forward (bench section 12)"),
     Method("occlusion", "Occlusion sensitivity",
            "how much the class probability drops when a window of the image is covered by its mean colour "
            "(what the decision actually depends on, window by window).",
@@ -301,6 +301,7 @@ class ExplainResult:
     ig: IGResult | None
     agreements: list[Agreement]
     info: dict[str, Any] = field(default_factory=dict)
+    gate: Any = None  # medlab.vision.gate.GateResult
 
     def summary(self) -> dict[str, Any]:
         occ = self.occlusion
@@ -309,7 +310,8 @@ class ExplainResult:
                              "batches": occ.batches, "baseline": "per-channel mean colour",
                              "largest_drop": round(float(occ.heat.max()), 6),
                              "largest_rise": round(float(max(0.0, -occ.heat.min())), 6)},
-               "agreement": [a.to_dict() for a in self.agreements], "input": self.info}
+               "agreement": [a.to_dict() for a in self.agreements], "input": self.info,
+               "gate": None if self.gate is None else self.gate.to_dict()}
         if self.ig is not None:
             out["integrated_gradients"] = {"n_steps": self.ig.n_steps, "batches": self.ig.batches,
                                            "convergence_delta": round(self.ig.delta, 6)}
@@ -323,7 +325,7 @@ def explain(key: str, path: str | os.PathLike[str], grid: int = DEFAULT_GRID, wi
     ("skin" or "lung_ct"), explaining the model's predicted class."""
     from medlab.core.loaders import use_model
     from medlab.io.imaging import load_any
-    from medlab.vision import classify
+    from medlab.vision import classify, gate
     from medlab.vision.gradcam import grad_cam, overlay, place_in_input
 
     progress = progress or no_progress
@@ -338,6 +340,9 @@ def explain(key: str, path: str | os.PathLike[str], grid: int = DEFAULT_GRID, wi
     decoded = load_any(path, window=window) if key == "lung_ct" else load_any(path)
     if key != "lung_ct" and decoded.kind == "dicom":
         raise InputError("This tab takes a photo (PNG/JPEG), not a DICOM file.")
+    # the input gate, beside the model as in classify: an off-domain input is explained, but flagged
+    pending = (gate.beside(gate.check_lung_ct, decoded.image, decoded.kind, decoded.info) if key == "lung_ct"
+               else gate.beside(gate.check_skin, decoded.image))
     width, height = decoded.image.size
     with use_model(key, progress) as loaded:
         labels = classify.model_labels(loaded.model)
@@ -353,6 +358,7 @@ def explain(key: str, path: str | os.PathLike[str], grid: int = DEFAULT_GRID, wi
             progress(0.75, "Integrated Gradients…")
             ig = integrated_gradients(loaded.model, pixel_values, index)
         box = classify.visible_box(loaded.image_processor, width, height)
+    verdict_of_gate = pending.result()
     progress(0.95, "Comparing the maps…")
     occ_display = for_display(occ.heat)
     maps = {"gradcam": cam.cam, "occlusion": occ_display}
@@ -368,4 +374,4 @@ def explain(key: str, path: str | os.PathLike[str], grid: int = DEFAULT_GRID, wi
     info.update(kind=decoded.kind, cam_layer=cam.layer, model_input=[int(pixel_values.shape[-2]), int(pixel_values.shape[-1])],
                 model_saw=[round(v, 1) for v in box])
     return ExplainResult(key, label, float(probs[0, index]), overlays["gradcam"], overlays["occlusion"],
-                         overlays.get("integrated_gradients"), cam.cam, occ, ig, agreements, info)
+                         overlays.get("integrated_gradients"), cam.cam, occ, ig, agreements, info, verdict_of_gate)
