@@ -17,6 +17,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.explain import explain_panel
 from tabs.i18n import translate
 from tabs.stress import stress_panel
 
@@ -139,6 +140,7 @@ def build() -> None:
                                interactive=False, height=360, elem_id="lung-overlay")
             gr.HTML(legend_html())
             verdict = gr.Markdown(elem_id="lung-verdict")
+            explain_panel("lung_ct", file, window)
             with gr.Accordion("Summary (JSON, as returned by /lung_classify)", open=False):
                 summary = gr.JSON(label="summary")
             stress_panel("lung_ct", file, window, scenario)

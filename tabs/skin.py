@@ -20,6 +20,7 @@ from tabs.common import (
     progress_callback,
     ui_errors,
 )
+from tabs.explain import explain_panel
 from tabs.i18n import translate
 from tabs.stress import stress_panel
 
@@ -100,6 +101,7 @@ def build() -> None:
             bars = gr.Label(label="Probability (benign / malignant)", num_top_classes=2,
                             show_heading=False)  # the decision (with its band) is in the text below
             decision = gr.Markdown(elem_id="skin-decision")
+            explain_panel("skin", image)
             with gr.Accordion("The model's own classes", open=False):
                 classes = gr.Label(label="Class probabilities (checkpoint labels)", num_top_classes=8)
             explanation = gr.Markdown("")

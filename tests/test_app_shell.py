@@ -127,7 +127,8 @@ def test_cli_flags(flag: str) -> None:
 
 # -- queue lanes (declared at registration: tabs.common.model_event) ---------------------------
 MODEL_FREE_PUBLIC = {"model_status", "teach_use"}  # public events with inputs that run no model
-GPU_EVENTS = {"skin_classify", "lung_classify", "radiograph_caption", "compare_adapter", "impression",
+GPU_EVENTS = {"skin_classify", "lung_classify", "skin_explain", "lung_ct_explain",
+              "radiograph_caption", "compare_adapter", "impression",
               "pathology_search", "pathology_similar", "more_like_this", "pathology_zero_shot", "assistant_ask",
               "skin_stress", "lung_ct_stress", "pathology_stress"}
 BULK_EVENTS = {"impression_batch", "pathology_index", "index_examples", "assistant_add_document", "teach_train"}

@@ -103,9 +103,17 @@ def _stress_ok(result: Any) -> None:
     assert len(strip) == len(summary["strengths"]) == len(summary["probabilities"]) == 8
 
 
+def _explain_ok(result: Any) -> None:
+    cam, occlusion, _ig, agreement, _status, summary = result
+    assert cam and Path(cam).is_file() and occlusion and Path(occlusion).is_file()
+    assert "Spearman" in agreement and summary["occlusion"]["covered_copies"] == 4
+
+
 IMAGE_APIS: dict[str, Callable[[Any], None]] = {
     "/skin_classify": _skin_ok,
     "/lung_classify": _lung_ok,
+    "/skin_explain": _explain_ok,
+    "/lung_ct_explain": _explain_ok,
     "/radiograph_caption": _caption_ok,
     "/pathology_similar": _similar_ok,
     "/pathology_zero_shot": _zero_shot_ok,
@@ -144,7 +152,8 @@ def _cases() -> list[Case]:
         extra = IMAGE_ARGS.get(api, ())
         cases += [Case(f"{api[1:]}:{name}", api, make, rx, extra) for name, make, rx in BAD_IMAGES]
         cases += [Case(f"{api[1:]}:{name}", api, make, ok, extra) for name, make in ACCEPTED_IMAGES]
-    cases += [Case(f"lung_classify:{name}", "/lung_classify", make, rx) for name, make, rx in DICOMS]
+    cases += [Case(f"{api[1:]}:{name}", api, make, rx) for api in ("/lung_classify", "/lung_ct_explain")
+              for name, make, rx in DICOMS]
     # a DICOM handed to an image-only tab is not an image for it
     cases += [Case(f"skin_classify:{name}", "/skin_classify", make, rx) for name, make, rx in DICOMS[:2]]
     text = lambda value: (lambda d: value)  # noqa: E731 - tiny factory
