@@ -1,0 +1,94 @@
+"""Accessibility and phone layout, in one place: the page's CSS and a small head script.
+
+app.launch_kwargs passes CSS and HEAD to launch(); tests/test_accessibility.py runs axe-core
+in headless Chromium over every tab (English and zh-CN) and checks a 390x844 phone view
+(README "Accessibility"). Each rule below names the axe finding or layout defect it fixes.
+
+Fixes are in our code where a prop can do it; what remains sits in Gradio 6.31's own frontend
+markup, which no component prop reaches, and is fixed here with theme CSS variables or by
+the head script (ARIA attributes only; nothing the app's logic reads)."""
+
+from __future__ import annotations
+
+# Colours: Gradio's default theme (orange primary hue, neutral greys) fails WCAG 2.1 AA
+# contrast (axe "color-contrast", 4.5:1 for normal text) in several places:
+#   --body-text-color-subdued  #bbbbc2 on white = 1.9:1 (upload "- or -", slider min/max,
+#                              footer links) and --block-info-text-color (every `info=` line)
+#   primary buttons            white on orange-500 #f97316 = 2.8:1 (Classify, Ask, Search...)
+#   selected tab / accent      orange-500 text on white = 2.8:1
+#   stop buttons               white on red-500 #ef4444 = 3.8:1
+# Darker shades of the same hues meet 4.5:1: neutral-600 #52525b (7.7:1 on white, 7.3:1 on
+# neutral-50), orange-700 #c2410c (5.2:1 against white), red-700 #b91c1c (6.5:1). Dark mode:
+# its greys already pass; its primary fill (orange-600, 3.6:1) gets the same darker shade.
+# The disclaimer (app.py's blockquote) keeps its amber border; its text is the body colour
+# on amber-50 (#fffbeb), 15:1.
+_COLOURS = """
+:root, .gradio-container {
+  --body-text-color-subdued: var(--neutral-600);
+  --block-info-text-color: var(--neutral-600);
+  --color-accent: var(--primary-700);
+  --button-primary-background-fill: var(--primary-700);
+  --button-primary-background-fill-hover: var(--primary-800);
+  --button-primary-border-color: var(--primary-700);
+  --button-primary-border-color-hover: var(--primary-800);
+  --button-cancel-background-fill: #b91c1c;
+  --button-cancel-background-fill-hover: #991b1b;
+  --button-cancel-border-color: #b91c1c;
+  --button-cancel-border-color-hover: #991b1b;
+}
+.dark, .dark .gradio-container {
+  --button-primary-background-fill: var(--primary-700);
+  --button-primary-background-fill-hover: var(--primary-800);
+  --button-cancel-background-fill: #b91c1c;
+  --button-cancel-background-fill-hover: #991b1b;
+  --color-accent: var(--primary-400);
+}
+"""
+
+# Phones (390 px wide): nothing may push the page wider than the screen. Wide content
+# (Markdown tables, code, JSON) scrolls inside its own box instead.
+_PHONE = """
+.prose table, .prose pre { display: block; max-width: 100%; overflow-x: auto; }
+.prose { overflow-wrap: anywhere; }
+@media (max-width: 640px) {
+  .gradio-container { padding-left: 8px !important; padding-right: 8px !important; }
+}
+"""
+
+CSS = _COLOURS + _PHONE
+
+# Head script: ARIA fixes for Gradio 6.31's frontend markup (re-applied as the page renders;
+# one MutationObserver, attribute changes only).
+#  - "aria-prohibited-attr": an empty output (gr.Label, gr.Image, gr.JSON, gr.Gallery before a
+#    result) shows <div class="empty" aria-label="Empty value"> with an icon inside and no role,
+#    and aria-label is not allowed on a role-less div. role="img" makes it what it is: a
+#    labelled placeholder picture, so the label is read.
+#  - "button-name": gr.Examples of images renders each example as <button class="gallery-item">
+#    holding only a thumbnail (an <img> with no alt), so the button has no name. It gets the
+#    example file's name (the assets' names say what they show) as aria-label, and the
+#    thumbnail alt="" (decorative: the button carries the name).
+HEAD = """
+<script>
+(() => {
+  const fileName = (src) => {
+    try { return decodeURIComponent(new URL(src, location.href).pathname.split('/').pop() || ''); }
+    catch (e) { return ''; }
+  };
+  const example = (document.documentElement.lang || navigator.language || '').toLowerCase().startsWith('zh') ? '示例' : 'Example';
+  const fix = () => {
+    for (const el of document.querySelectorAll('div.empty[aria-label]:not([role])')) el.setAttribute('role', 'img');
+    for (const b of document.querySelectorAll('button.gallery-item:not([aria-label])')) {
+      if (b.textContent.trim()) continue;
+      const img = b.querySelector('img, video');
+      const name = img ? fileName(img.getAttribute('src') || '') : '';
+      b.setAttribute('aria-label', name ? example + ': ' + name : example);
+      if (img && img.tagName === 'IMG' && !img.hasAttribute('alt')) img.setAttribute('alt', '');
+    }
+  };
+  let queued = false;
+  const schedule = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; fix(); }); } };
+  const start = () => { fix(); new MutationObserver(schedule).observe(document.body, {childList: true, subtree: true}); };
+  if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
+})();
+</script>
+"""
