@@ -70,7 +70,8 @@ def build_app() -> gr.Blocks:
     load_settings()  # fail at start-up, with the variable's name, on an invalid setting
     with gr.Blocks(title="Medical AI Lab", analytics_enabled=False) as demo:
         gr.Markdown(f"# 🩺 Medical AI Lab\n*{DISCLAIMER}*")
-        with gr.Tabs():
+        # "wrap": on a phone every tab shows (in rows) instead of two tabs and a "More tabs" menu.
+        with gr.Tabs(overflow_behavior="wrap"):
             for name in TAB_MODULES:
                 module = importlib.import_module(name)
                 with gr.Tab(module.TITLE, id=module.TAB_ID):

@@ -26,6 +26,7 @@ _COLOURS = """
 :root, .gradio-container {
   --body-text-color-subdued: var(--neutral-600);
   --block-info-text-color: var(--neutral-600);
+  --input-placeholder-color: var(--neutral-500);  /* 4.8:1: WCAG does not exempt placeholders */
   --color-accent: var(--primary-700);
   --button-primary-background-fill: var(--primary-700);
   --button-primary-background-fill-hover: var(--primary-800);
@@ -46,16 +47,19 @@ _COLOURS = """
 """
 
 # Phones (390 px wide): nothing may push the page wider than the screen. Wide content
-# (Markdown tables, code, JSON) scrolls inside its own box instead.
-_PHONE = """
+# (Markdown tables, code) scrolls inside its own box instead. These rules go in HEAD as a
+# <style>, not through launch(css=): Gradio prefixes the rules of css= inside @media blocks
+# with ".gradio-container .contain", which the page frame (.main.app, outside .contain) is not in.
+PHONE_CSS = """
 .prose table, .prose pre { display: block; max-width: 100%; overflow-x: auto; }
 .prose { overflow-wrap: anywhere; }
 @media (max-width: 640px) {
-  .gradio-container { padding-left: 8px !important; padding-right: 8px !important; }
+  /* Gradio's page frame (.main.app) keeps 32 px each side: a sixth of a phone's width. */
+  .gradio-container .main.app { padding-left: 12px; padding-right: 12px; }
 }
 """
 
-CSS = _COLOURS + _PHONE
+CSS = _COLOURS
 
 # Head script: ARIA fixes for Gradio 6.31's frontend markup (re-applied as the page renders;
 # one MutationObserver, attribute changes only).
@@ -67,7 +71,7 @@ CSS = _COLOURS + _PHONE
 #    holding only a thumbnail (an <img> with no alt), so the button has no name. It gets the
 #    example file's name (the assets' names say what they show) as aria-label, and the
 #    thumbnail alt="" (decorative: the button carries the name).
-HEAD = """
+HEAD = "<style>" + PHONE_CSS + "</style>" + """
 <script>
 (() => {
   const fileName = (src) => {
