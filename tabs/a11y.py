@@ -20,6 +20,9 @@ from __future__ import annotations
 # Darker shades of the same hues meet 4.5:1: neutral-600 #52525b (7.7:1 on white, 7.3:1 on
 # neutral-50), orange-700 #c2410c (5.2:1 against white), red-700 #b91c1c (6.5:1). Dark mode:
 # its greys already pass; its primary fill (orange-600, 3.6:1) gets the same darker shade.
+# gr.JSON's light-mode syntax colours (salmon keys/strings #d18770/#ce9178 at 2.6:1, teal
+# numbers/brackets at 3-4:1) get darker shades of the same hues, 5.2:1 or more on white and on
+# the panel grey; its dark mode (.dark-mode) keeps Gradio's colours, which pass on dark grey.
 # The disclaimer (app.py's blockquote) keeps its amber border; its text is the body colour
 # on amber-50 (#fffbeb), 15:1.
 _COLOURS = """
@@ -36,6 +39,16 @@ _COLOURS = """
   --button-cancel-background-fill-hover: #991b1b;
   --button-cancel-border-color: #b91c1c;
   --button-cancel-border-color-hover: #991b1b;
+}
+.json-node:not(.dark-mode) {
+  --text-color: #9a3412;
+  --key-color: #9a3412;
+  --string-color: #a8442a;
+  --number-color: #2f6f80;
+  --bracket-color: #3f6b6b;
+  --square-bracket-color: #a3343f;
+  --punctuation-color: #3f6b6b;
+  --line-number-color: #57606a;
 }
 .dark, .dark .gradio-container {
   --button-primary-background-fill: var(--primary-700);
@@ -71,6 +84,10 @@ CSS = _COLOURS
 #    holding only a thumbnail (an <img> with no alt), so the button has no name. It gets the
 #    example file's name (the assets' names say what they show) as aria-label, and the
 #    thumbnail alt="" (decorative: the button carries the name).
+#  - "button-name": a gr.Image output with a picture (Grad-CAM overlay, teach plots) wraps it in
+#    <div class="image-container"><button> whose <img> has alt="" when no alt_text is given, so
+#    the button has no name. It gets the component's label as shown (already in the page's
+#    language), e.g. "Grad-CAM overlay (same size as the input)".
 HEAD = "<style>" + PHONE_CSS + "</style>" + """
 <script>
 (() => {
@@ -87,6 +104,11 @@ HEAD = "<style>" + PHONE_CSS + "</style>" + """
       const name = img ? fileName(img.getAttribute('src') || '') : '';
       b.setAttribute('aria-label', name ? example + ': ' + name : example);
       if (img && img.tagName === 'IMG' && !img.hasAttribute('alt')) img.setAttribute('alt', '');
+    }
+    for (const b of document.querySelectorAll('.image-container > button:not([aria-label])')) {
+      if (b.textContent.trim() || (b.querySelector('img[alt]:not([alt=""])'))) continue;
+      const label = b.closest('.block')?.querySelector('[data-testid=block-label]')?.textContent.trim();
+      if (label) b.setAttribute('aria-label', label);
     }
   };
   let queued = false;
