@@ -65,10 +65,18 @@ _COLOURS = """
 # with ".gradio-container .contain", which the page frame (.main.app, outside .contain) is not in.
 PHONE_CSS = """
 .prose table, .prose pre { display: block; max-width: 100%; overflow-x: auto; }
-.prose { overflow-wrap: anywhere; }
+/* Gradio's Markdown sets tables to word-break: break-word, which on a phone splits words in
+   narrow cells ("Radiog / raph / caption / ing"), as does its overflow-wrap: anywhere: whole
+   words, and the table scrolls instead. */
+.prose span.md table { word-break: normal; overflow-wrap: break-word; }
+/* a long path or URL in text breaks instead of widening its box */
+.prose { overflow-wrap: break-word; }
 @media (max-width: 640px) {
   /* Gradio's page frame (.main.app) keeps 32 px each side: a sixth of a phone's width. */
   .gradio-container .main.app { padding-left: 12px; padding-right: 12px; }
+  /* Form controls sharing a row (DICOM window + scenario, k + model, beams + length) get
+     160 px each from Gradio, which squeezes their help text into narrow columns: one per line. */
+  .form > .block { min-width: min(240px, 100%) !important; }
 }
 """
 
