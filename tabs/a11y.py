@@ -18,13 +18,17 @@ from __future__ import annotations
 #   selected tab / accent      orange-500 text on white = 2.8:1
 #   stop buttons               white on red-500 #ef4444 = 3.8:1
 # Darker shades of the same hues meet 4.5:1: neutral-600 #52525b (7.7:1 on white, 7.3:1 on
-# neutral-50), orange-700 #c2410c (5.2:1 against white), red-700 #b91c1c (6.5:1). Dark mode:
-# its greys already pass; its primary fill (orange-600, 3.6:1) gets the same darker shade.
+# neutral-50), orange-700 #c2410c (5.2:1 against white), red-700 #b91c1c (6.5:1). Dark mode
+# (?__theme=dark or the system setting) keeps Gradio's neutral-400 greys (5.8:1 on the
+# panel grey #27272a), set again below because the light values above sit on
+# .gradio-container itself; its primary fill (orange-600, 3.6:1) gets the same darker shade,
+# and the disclaimer's light amber box (app.py), which left dark mode's light text at 1.05:1,
+# turns amber-950 (#451a03, 13.6:1).
 # gr.JSON's light-mode syntax colours (salmon keys/strings #d18770/#ce9178 at 2.6:1, teal
 # numbers/brackets at 3-4:1) get darker shades of the same hues, 5.2:1 or more on white and on
 # the panel grey; its dark mode (.dark-mode) keeps Gradio's colours, which pass on dark grey.
-# The disclaimer (app.py's blockquote) keeps its amber border; its text is the body colour
-# on amber-50 (#fffbeb), 15:1.
+# The disclaimer (app.py's blockquote) keeps its amber border; in light mode its text is the
+# body colour on amber-50 (#fffbeb), 15:1.
 _COLOURS = """
 :root, .gradio-container {
   --body-text-color-subdued: var(--neutral-600);
@@ -51,12 +55,15 @@ _COLOURS = """
   --line-number-color: #57606a;
 }
 .dark, .dark .gradio-container {
+  --body-text-color-subdued: var(--neutral-400);
+  --block-info-text-color: var(--neutral-400);
   --button-primary-background-fill: var(--primary-700);
   --button-primary-background-fill-hover: var(--primary-800);
   --button-cancel-background-fill: #b91c1c;
   --button-cancel-background-fill-hover: #991b1b;
   --color-accent: var(--primary-400);
 }
+.dark .medlab-disclaimer blockquote { background: #451a03; }
 """
 
 # Phones (390 px wide): nothing may push the page wider than the screen. Wide content
