@@ -5,6 +5,7 @@
    the tab's default view, then again with every accordion on it opened, and after one real
    action on each imaging tab (results: images, labels, galleries). Rules: WCAG 2.0/2.1 A and
    AA plus axe's best practices; a violation of impact "critical" or "serious" fails the test.
+   The English page is scanned in dark mode too (?__theme=dark).
    axe skips hidden content (other tabs, closed accordions): that is why each tab is opened
    and its accordions expanded before the scan.
 2. Phones: a 390x844 mobile viewport for every tab (both languages), accordions closed and
@@ -58,12 +59,12 @@ OPEN_ACCORDIONS_JS = """async () => {
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _new_page(browser: Any, url: str, locale: str, **context: Any) -> Any:
+def _new_page(browser: Any, url: str, locale: str, query: str = "", **context: Any) -> Any:
     """A page of the app in a browser whose language is `locale` (navigator.language and the
     Accept-Language header, as tests/test_i18n_browser.py), once its page-load event has run."""
     ctx = browser.new_context(locale=locale, **context)
     page = ctx.new_page()
-    page.goto(url)
+    page.goto(url + query)
     page.wait_for_selector("[role=tab]", timeout=TIMEOUT_MS)
     # The private page-load event fills banners and model cards and sends the examples'
     # labels in the page's language: once the first tab's first example label shows, it ran.
@@ -133,6 +134,23 @@ def test_axe_finds_no_serious_violation(pages: dict[str, Any], locale: str, tab_
     assert_accessible(page, f"on tab {tab_id!r} ({locale}, default view)")
     open_accordions(page)
     assert_accessible(page, f"on tab {tab_id!r} ({locale}, every accordion open)")
+
+
+@pytest.fixture(scope="module")
+def dark_page(browser: Any, live_app: tuple[str, object]) -> Iterator[Any]:
+    """The English page in Gradio's dark mode (?__theme=dark, as a dark system setting gives)."""
+    page = _new_page(browser, live_app[0], "en-US", "?__theme=dark", viewport={"width": 1280, "height": 900})
+    yield page
+    page.context.close()
+
+
+@pytest.mark.parametrize("tab_id", TAB_IDS)
+def test_axe_dark_mode(dark_page: Any, tab_id: str) -> None:
+    assert dark_page.evaluate("() => document.body.classList.contains('dark')"), "dark mode did not apply"
+    open_tab(dark_page, tab_id)
+    assert_accessible(dark_page, f"on tab {tab_id!r} (dark mode, default view)")
+    open_accordions(dark_page)
+    assert_accessible(dark_page, f"on tab {tab_id!r} (dark mode, every accordion open)")
 
 
 # One real action per imaging tab: click the tab's first example, press its first primary
