@@ -37,6 +37,7 @@ import gradio as gr  # noqa: E402
 
 from medlab import DISCLAIMER  # noqa: E402
 from medlab.core.config import load_settings  # noqa: E402
+from tabs import a11y  # noqa: E402
 from tabs.common import finalize_page_load  # noqa: E402
 from tabs.i18n import gradio_i18n, localize  # noqa: E402
 
@@ -69,7 +70,8 @@ def build_app() -> gr.Blocks:
     load_settings()  # fail at start-up, with the variable's name, on an invalid setting
     with gr.Blocks(title="Medical AI Lab", analytics_enabled=False) as demo:
         gr.Markdown(f"# 🩺 Medical AI Lab\n*{DISCLAIMER}*")
-        with gr.Tabs():
+        # "wrap": on a phone every tab shows (in rows) instead of two tabs and a "More tabs" menu.
+        with gr.Tabs(overflow_behavior="wrap"):
             for name in TAB_MODULES:
                 module = importlib.import_module(name)
                 with gr.Tab(module.TITLE, id=module.TAB_ID):
@@ -142,7 +144,9 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
         # Beyond Gradio's own upload/cache folders, only the pathology thumbnails (content-
         # addressed JPEGs the gallery shows anyway) may be served from the data dir.
         "allowed_paths": [str(settings.data_dir / "pathology" / "thumbs")],
-        "css": CSS,
+        # README "Accessibility": contrast, phone layout and ARIA fixes live in tabs/a11y.py.
+        "css": CSS + a11y.CSS,
+        "head": a11y.HEAD,
         "footer_links": ["api", "gradio"],
         "ssr_mode": False,
         "i18n": gradio_i18n(),  # the page follows the browser's language (README "Languages")

@@ -20,6 +20,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     exit 1
   fi
 fi
+# The accessibility tests' engine: axe-core, bundled in the pinned PyPI package
+# axe-playwright-python (requirements-dev.txt, installed above). A hard dependency like
+# chromium: without it the run fails here instead of the tests being skipped.
+.venv/bin/python -c "import axe_playwright_python, pathlib; assert (pathlib.Path(axe_playwright_python.__file__).parent / 'axe.min.js').is_file()" \
+  || { echo "axe-playwright-python (axe-core) is missing from .venv: pip install -r requirements-dev.txt" >&2; exit 1; }
 # Lint first: the whole repository, tests included (rules in ruff.toml). A finding fails the run.
 .venv/bin/ruff check .
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False MEDLAB_DEVICE=cpu
