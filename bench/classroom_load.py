@@ -44,6 +44,13 @@ from bench.common import BASE_ENV, ROOT, WORK, Row, SectionResult, loadavg, perc
 log = logging.getLogger(__name__)
 
 REPLY = "@@"  # protocol lines between the parent and its helper processes
+_PROTO: Any = None  # a helper process's real stdout (main() points sys.stdout at stderr)
+
+
+def _reply(obj: Any) -> None:
+    out = _PROTO or sys.stdout
+    out.write(REPLY + json.dumps(obj, default=str) + "\n")
+    out.flush()
 
 # What a class does in a practical session: the imaging tabs most, then the text tabs; the
 # captioner least (it is the slowest, and the tab says so). Weights sum to 100.
@@ -146,7 +153,7 @@ def student(url: str, seed: int, out_path: str, think_s: float, caption_tokens: 
     inputs = _inputs()
     tabs, weights = list(MIX), list(MIX.values())
     client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="bench-student-"))
-    print(REPLY + json.dumps({"ready": True}), flush=True)
+    _reply({"ready": True})
     go = json.loads(sys.stdin.readline())
     start, end = float(go["start"]), float(go["end"])
     # students do not all click at the same instant: the first request after one think time
@@ -194,11 +201,11 @@ def serve() -> int:
              if k not in ("server_name", "server_port", "share")}
     port = _launch_retrying(demo, **extra)
     settings = load_settings()
-    print(REPLY + json.dumps({"url": f"http://127.0.0.1:{port}/", "budget_gb": settings.memory_budget_gb,
-                              "gpu_lane": settings.gpu_lane_concurrency}), flush=True)
+    _reply({"url": f"http://127.0.0.1:{port}/", "budget_gb": settings.memory_budget_gb,
+            "gpu_lane": settings.gpu_lane_concurrency})
     for line in sys.stdin:
         if line.strip() == "stats":
-            print(REPLY + json.dumps(get_cache().stats(), default=str), flush=True)
+            _reply(get_cache().stats())
         elif line.strip() == "stop":
             break
     demo.close()
@@ -215,8 +222,7 @@ def prepare() -> int:
     report = image_index.index_folder(sys.argv[2], key="plip")
     knowledge_store.ensure_ingested()
     count = image_index.image_collection("plip").count()
-    print(REPLY + json.dumps({"seconds": round(time.perf_counter() - t0, 1), "index_count": count,
-                              "index_report": report.summary()}), flush=True)
+    _reply({"seconds": round(time.perf_counter() - t0, 1), "index_count": count, "index_report": report.summary()})
     return 0
 
 
@@ -560,6 +566,10 @@ def _finding(main: dict[str, Any], window: dict[str, Any], alt: dict[str, Any], 
 
 def main(argv: list[str]) -> int:
     os.environ.update({k: v for k, v in BASE_ENV.items() if k not in os.environ})
+    # stdout carries only the protocol lines: anything a library prints goes to stderr (a log
+    # file), so a chatty library can never fill a pipe nobody reads and stall the process
+    global _PROTO
+    _PROTO, sys.stdout = sys.stdout, sys.stderr
     if argv[1] == "student":
         return student(argv[2], int(argv[3]), argv[4], float(argv[5]), int(argv[6]))
     if argv[1] == "serve":
