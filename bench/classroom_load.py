@@ -541,6 +541,19 @@ def run(quick: bool = False) -> SectionResult:
         "of the mix fits at once, so a class should see one load per model and no eviction; set it explicitly on a "
         "Space (the default, 60% of the RAM psutil reports, may read the host's RAM, not the container's).")
     res.notes.append(_finding(stats_main, stats_main_window, stats_alt, students, think_s, alt_seconds))
+    first = {t: min((r for r in main["records"] if r["tab"] == t), key=lambda r: r["t_rel"], default=None) for t in MIX}
+    res.details["first_request_per_tab"] = {t: None if r is None else {"sent_s": round(r["t_rel"], 1),
+                                                                        "latency_s": round(r["latency_s"], 1)}
+                                            for t, r in first.items()}
+    res.notes.append(
+        "Reading the comparison: the two configurations run one after the other, each from a cold app, so the "
+        "machine's load must be alike for the ratio to mean something: load averages (1 min) at the end of each run "
+        f"were {(main['load'][1] or ['?'])[0]} and {(alt['load'][1] or ['?'])[0]} (2 cores; other processes count). "
+        "The first request of "
+        "each tab pays its model's cold load (captioner ~2 GB in float32), and it holds one of the lane's slots "
+        "meanwhile: first request per tab (sent at, latency) "
+        + ", ".join(f"{t} {v['sent_s']} s / {v['latency_s']} s" for t, v in res.details["first_request_per_tab"].items()
+                    if v) + ".")
     res.seconds = time.perf_counter() - started
     return res
 
@@ -553,8 +566,8 @@ def _finding(main: dict[str, Any], window: dict[str, Any], alt: dict[str, Any], 
     return (
         f"Finding: every model event of every tab shares one queue lane (tabs.common.Lane.GPU, concurrency_id 'gpu', "
         f"limit MEDLAB_GPU_LANE_CONCURRENCY, default 2), so with {students} students thinking {think_s:g} s on average "
-        f"a request whose model work takes tens of ms (search, assistant) waits in the queue behind whatever holds both "
-        f"slots (captions, 4-beam impressions, the first requests' cold loads): queue wait p95 search {w(main, 'pathology')}, "
+        f"a request whose model work takes tens of ms (search, assistant) waits in the queue whenever both slots are "
+        f"held (captions, 4-beam impressions, the first requests' cold loads): queue wait p95 search {w(main, 'pathology')}, "
         f"assistant {w(main, 'assistant')}, skin {w(main, 'skin')}, caption {w(main, 'caption')} (whole run). The "
         f"setting that changes it is MEDLAB_GPU_LANE_CONCURRENCY; with {ALT_LANE} (first {alt_seconds:.0f} s of each "
         f"run, same students and seeds): search wait p95 {w(window, 'pathology')} -> {w(alt, 'pathology')}, assistant "
