@@ -62,6 +62,12 @@ class Lane(enum.Enum):
 
     @property
     def limit(self) -> int:
+        """The lane's concurrency limit; the GPU lane's is MEDLAB_GPU_LANE_CONCURRENCY (default
+        2), read when the app is built (bench section 14 measures 2 against 4 on a CPU Space)."""
+        if self is Lane.GPU:
+            from medlab.core.config import load_settings
+
+            return load_settings().gpu_lane_concurrency
         return self.value[1]
 
 

@@ -27,6 +27,7 @@ from medlab.core.registry import get_spec, model_keys, resolve_source
         ({"MEDLAB_CAPTIONER_ENDPOINT": "ftp://x"}, "MEDLAB_CAPTIONER_ENDPOINT", "an http(s) URL"),
         ({"SPACES_ZERO_GPU": "sometimes"}, "SPACES_ZERO_GPU", "1/0, true/false"),
         ({"MEDLAB_GPU_MEMORY_BUDGET_GB": "0"}, "MEDLAB_GPU_MEMORY_BUDGET_GB", "a positive number"),
+        ({"MEDLAB_GPU_LANE_CONCURRENCY": "0"}, "MEDLAB_GPU_LANE_CONCURRENCY", "a whole number >= 1"),
     ],
 )
 def test_invalid_values_name_variable_and_allowed(env: dict[str, str], variable: str, allowed: str) -> None:
@@ -208,3 +209,13 @@ def test_each_device_has_its_own_budget(monkeypatch: pytest.MonkeyPatch) -> None
     assert device_budget("cuda:0") is None  # unknown: the cache accounts but does not refuse
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
     assert device_budget("cuda:0") == int(70 * config.GPU_WEIGHT_FRACTION * 1024**3)
+
+
+def test_gpu_lane_concurrency_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabs.common import Lane
+
+    assert load_settings({}).gpu_lane_concurrency == 2
+    monkeypatch.setenv("MEDLAB_GPU_LANE_CONCURRENCY", "4")
+    assert Lane.GPU.limit == 4 and Lane.BULK.limit == 1  # the bulk lane stays at 1
+    monkeypatch.delenv("MEDLAB_GPU_LANE_CONCURRENCY")
+    assert Lane.GPU.limit == 2

