@@ -10,7 +10,7 @@ What is compared (engine calls, no HTTP; both sides decode the same file):
 - lung CT: classify_lung (what the tab runs: forward + Grad-CAM + overlay, with the gate) vs
   stress_lung (no Grad-CAM: the sweep plots probabilities only);
 - pathology: zero_shot with PLIP only (the tab runs PLIP and then CLIP; one model is the fair
-  comparison with a one-model sweep): prompts + one image vs stress_pathology: prompts once +
+  comparison with a one-model sweep): prompts + one image vs stress_predictor over zero_shot.batch_predictor: prompts once +
   8 images in one batch.
 Beside speed: the sweep's step 0 (the unperturbed image) must give the plain call's
 probabilities, and the raw model forward of a batch of 8 vs 1 shows the compute floor."""
@@ -44,11 +44,11 @@ def run(quick: bool = False) -> SectionResult:
 
     from medlab.core.loaders import get_model
     from medlab.io.imaging import load_any
-    from medlab.retrieval.zero_shot import zero_shot
+    from medlab.retrieval.zero_shot import batch_predictor, zero_shot
     from medlab.vision import classify, gate, perturb
     from medlab.vision.lung_ct import classify_lung
     from medlab.vision.skin import classify_skin
-    from medlab.vision.stress import stress_lung, stress_pathology, stress_skin
+    from medlab.vision.stress import stress_lung, stress_predictor, stress_skin
 
     skin_img = str(ROOT / "assets" / "skin" / "synthetic_lesion.png")
     lung_img = str(ROOT / "assets" / "lung" / "ct_small_lung_window.png")
@@ -63,7 +63,7 @@ def run(quick: bool = False) -> SectionResult:
         "lung_ct": (lambda: classify_lung(lung_img), lambda: stress_lung(lung_img, FAMILY, STEPS),
                     lambda p, s: _max_diff(p.probabilities, s.probabilities[0])),
         "pathology": (lambda: zero_shot(tile, labels, keys=("plip",)),
-                      lambda: stress_pathology(tile, FAMILY, STEPS, labels=labels),
+                      lambda: stress_predictor(tile, batch_predictor(labels, key="plip"), FAMILY, STEPS),
                       lambda p, s: _max_diff(p["plip"]["probs"], s.probabilities[0])),
     }
     keys = {"skin": "skin", "lung_ct": "lung_ct", "pathology": "plip"}

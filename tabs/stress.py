@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from medlab.core.errors import InputError
 from medlab.retrieval.zero_shot import DEFAULT_LABELS, DEFAULT_TEMPLATE
 from medlab.vision import perturb
 from tabs.common import model_event, progress_callback, ui_errors
@@ -128,10 +129,13 @@ def pathology_stress(image: str | None, family: str = perturb.DEFAULT_FAMILY, st
         report: Markdown: what the family does and where the top label flips
         summary: JSON with strengths, per-step probabilities, top labels and the flip index
     """
-    from medlab.vision.stress import stress_pathology
+    from medlab.retrieval.zero_shot import batch_predictor
+    from medlab.vision.stress import stress_predictor
 
-    return _report(stress_pathology(image, family, int(steps), labels=labels, template=template,
-                                    progress=progress_callback(progress)))
+    if not image:
+        raise InputError("Upload an H&E tile, then run the stress test.")
+    predict = batch_predictor(labels, template, "plip", progress=progress_callback(progress))
+    return _report(stress_predictor(image, predict, family, int(steps), tab="pathology", info=predict.info))
 
 
 HANDLERS = {"skin": skin_stress, "lung_ct": lung_ct_stress, "pathology": pathology_stress}

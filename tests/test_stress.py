@@ -229,8 +229,8 @@ def test_a_dicom_sweep_is_gated_by_its_header(use_tiny_models) -> None:
 
 def test_pathology_sweep_equals_zero_shot_step_by_step(use_tiny_models, monkeypatch) -> None:
     from medlab.retrieval import encoders
-    from medlab.retrieval.zero_shot import zero_shot_one
-    from medlab.vision.stress import stress_pathology
+    from medlab.retrieval.zero_shot import batch_predictor, zero_shot_one
+    from medlab.vision.stress import stress_predictor
 
     calls: list[int] = []
     real = encoders.HFClipEncoder.encode_image
@@ -241,7 +241,8 @@ def test_pathology_sweep_equals_zero_shot_step_by_step(use_tiny_models, monkeypa
 
     monkeypatch.setattr(encoders.HFClipEncoder, "encode_image", counting)
     labels = ["tumour", "stroma", "fat", "mucus"]
-    result = stress_pathology(str(LESION), "contrast", 5, labels=", ".join(labels), template="A photo of {label}.")
+    predict = batch_predictor(", ".join(labels), "A photo of {label}.", "plip")
+    result = stress_predictor(str(LESION), predict, "contrast", 5)
     assert calls == [5]
     assert result.gates is None and result.gate_index is None
     for i, image in enumerate(result.images):
@@ -270,7 +271,8 @@ def test_flip_and_gate_indices_computed_by_hand(use_tiny_models, monkeypatch) ->
 
 
 def test_unknown_family_and_missing_input_are_engine_errors(use_tiny_models) -> None:
-    from medlab.vision.stress import stress_lung, stress_pathology, stress_skin
+    from medlab.retrieval.zero_shot import batch_predictor
+    from medlab.vision.stress import stress_lung, stress_predictor, stress_skin
 
     with pytest.raises(perturb.UnknownFamilyError, match="rotation, blur"):
         stress_skin(str(LESION), "swirl")
@@ -281,7 +283,11 @@ def test_unknown_family_and_missing_input_are_engine_errors(use_tiny_models) -> 
     with pytest.raises(InputError, match="Unknown scenario"):
         stress_lung(str(DICOM), scenario="emergency")
     with pytest.raises(InputError, match="at least two"):
-        stress_pathology(str(LESION), labels="only-one")
+        batch_predictor(labels="only-one")
+    with pytest.raises(perturb.UnknownFamilyError):
+        stress_predictor(str(LESION), batch_predictor(), "swirl")
+    with pytest.raises(InputError, match="Upload an image"):
+        stress_predictor(None, batch_predictor())
 
 
 # -- the plot ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ logit_scale times the cosine similarities (exactly CLIP's training head)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from medlab.core.errors import InputError, ModelUnavailableError
@@ -14,6 +14,7 @@ from medlab.core.progress import Progress
 from medlab.core.specs import KATHER_CLASSES
 from medlab.retrieval.encoders import MODELS, encode_images, encode_texts, logit_scale
 
+BatchPredictor = Callable[[Sequence[Any]], list[dict[str, float]]]
 DEFAULT_LABELS: tuple[str, ...] = KATHER_CLASSES
 DEFAULT_TEMPLATE = "An H&E image of {label}."
 MAX_LABELS = 50
@@ -64,6 +65,42 @@ def zero_shot_one(key: str, image: Any, labels: list[str], template: str,
     logits = logits - logits.max()
     probs = np.exp(logits) / np.exp(logits).sum()
     return {label: float(p) for label, p in zip(labels, probs)}
+
+
+def zero_shot_many(key: str, images: Sequence[Any], labels: list[str], template: str,
+                   progress: Progress | None = None) -> list[dict[str, float]]:
+    """One {label: probability} per image: the prompts are encoded once and the images in one
+    batch under one encoder lease (the Failure lab's sweep, medlab.vision.stress)."""
+    import numpy as np
+
+    from medlab.retrieval.encoders import _normalise, encoder
+
+    prompts = [template.format(label=label) for label in labels]
+    with encoder(key, progress) as enc:
+        text = _normalise(enc.encode_text(prompts))
+        pixels = _normalise(enc.encode_image(list(images)))
+        scale = enc.logit_scale()
+    logits = scale * (pixels @ text.T)  # (images, labels)
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return [{label: float(p) for label, p in zip(labels, row, strict=True)} for row in probs]
+
+
+def batch_predictor(labels: str | Sequence[str] | None = None, template: str | None = DEFAULT_TEMPLATE,
+                    key: str = "plip", progress: Progress | None = None) -> BatchPredictor:
+    """The labels, template and model checked now; returns images -> [{label: p}, ...] for a
+    sweep over any batch of images (composed with medlab.vision.stress by the caller)."""
+    from medlab.retrieval.encoders import check_key
+
+    check_key(key)
+    label_list = parse_labels(labels)
+    template = check_template(template)
+
+    def predict(images: Sequence[Any]) -> list[dict[str, float]]:
+        return zero_shot_many(key, images, label_list, template, progress)
+
+    predict.info = {"model": key, "template": template}  # type: ignore[attr-defined]
+    return predict
 
 
 def zero_shot(

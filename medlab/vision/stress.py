@@ -9,7 +9,7 @@ step too, with its object recogniser batched once, in a thread beside the forwar
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,34 +155,29 @@ def stress_lung(path: str | os.PathLike[str] | None, family: str = perturb.DEFAU
     return StressResult("lung_ct", fam, strengths, list(order), probabilities, decisions, gates, images, info=info)
 
 
-# -- pathology zero-shot ----------------------------------------------------------------------
-def stress_pathology(path: Any, family: str = perturb.DEFAULT_FAMILY, steps: int = 8,
-                     labels: str | Sequence[str] | None = None, template: str | None = None,
-                     key: str = "plip", progress: Progress | None = None) -> StressResult:
-    """Zero-shot over the sweep with one model (PLIP by default): the prompts are encoded once,
-    the images in one batch. The pathology tab has no input gate."""
-    import numpy as np
+# -- any batched predictor (pathology zero-shot) ------------------------------------------------
+BatchPredictor = Callable[[Sequence[Any]], list[dict[str, float]]]
 
-    from medlab.retrieval.encoders import _normalise, check_key, encoder
-    from medlab.retrieval.zero_shot import as_image, check_template, parse_labels
 
-    if not path:
-        raise InputError("Upload an H&E tile, then run the stress test.")
+def stress_predictor(path: Any, predict: BatchPredictor, family: str = perturb.DEFAULT_FAMILY, steps: int = 8,
+                     tab: str = "pathology", info: dict[str, Any] | None = None) -> StressResult:
+    """A sweep through a batched predictor of another task layer (images -> one {class: p}
+    per image, in one call), composed by the caller so that vision imports no other task:
+    the pathology tab passes medlab.retrieval.zero_shot.batch_predictor (prompts encoded once,
+    the copies in one batch). The decision per step is the top class; there is no input gate."""
+    from PIL import Image
+
+    from medlab.io.imaging import load_image
+
+    if path is None or (not isinstance(path, Image.Image) and not path):
+        raise InputError("Upload an image, then run the stress test.")
     fam = perturb.get_family(family)
-    check_key(key)
-    image = as_image(path)
-    label_list = parse_labels(labels)
-    template = check_template(template)
+    image = path.convert("RGB") if isinstance(path, Image.Image) else load_image(path).image
     strengths, images = perturb.sweep(image, fam, steps)
-    with encoder(key, progress) as enc:
-        text = _normalise(enc.encode_text([template.format(label=label) for label in label_list]))
-        pixels = _normalise(enc.encode_image(images))
-        scale = enc.logit_scale()
-    logits = scale * (pixels @ text.T)  # (steps, labels)
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    probabilities = [{label: float(p) for label, p in zip(label_list, row, strict=True)} for row in probs]
+    probabilities = predict(images)
+    if len(probabilities) != len(images):
+        raise ValueError(f"the predictor returned {len(probabilities)} results for {len(images)} images")
+    classes = list(probabilities[0])
     decisions = [max(p, key=p.get) for p in probabilities]
-    info = {"model": key, "template": template, "width": image.size[0], "height": image.size[1],
-            "swept_size": list(images[0].size)}
-    return StressResult("pathology", fam, strengths, label_list, probabilities, decisions, None, images, info=info)
+    meta = {**(info or {}), "width": image.size[0], "height": image.size[1], "swept_size": list(images[0].size)}
+    return StressResult(tab, fam, strengths, classes, probabilities, decisions, None, images, info=meta)
