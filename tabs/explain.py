@@ -14,8 +14,8 @@ import gradio as gr
 from tabs.common import model_event, progress_callback, ui_errors
 from tabs.i18n import translate
 
-GRID_LABELS = {2: "2 x 2 windows (default, about 3-4x a forward)", 3: "3 x 3 windows (about 8-10x)",
-               4: "4 x 4 windows (about 14-20x)"}  # bench section 12
+GRID_LABELS = {2: "2 x 2 windows (default, about 3-5x a forward)", 3: "3 x 3 windows (about 7-13x)",
+               4: "4 x 4 windows (about 13-20x)"}  # bench section 12, two runs
 HEADING = ("### Two explanations: Grad-CAM beside occlusion\nGrad-CAM and occlusion sensitivity answer different questions, "
            "so they can disagree; when they do, neither map is a safe account of the decision.")
 
