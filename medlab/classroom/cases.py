@@ -25,6 +25,8 @@ from medlab.core.errors import InputError
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 LUNG_OFF_DOMAIN = "not a CT slice (off-domain)"
 SKIN_OFF_DOMAIN = "not a skin photo (off-domain)"
+LUNG_DEFER = "defer to an expert (not sure enough)"  # document 001's rule: the app reports no class
+SKIN_UNCERTAIN = "uncertain"  # medlab.vision.skin's band around the threshold
 CAT_SOURCE = "a photo of a cat (scikit-image's chelsea, CC0): not medical at all"
 CT_NOTE = "pydicom's CT_small.dcm, a NEMA WG04 test slice (MIT); its diagnosis is not known"
 
@@ -66,7 +68,7 @@ class ModelAnswer:
 def _lung() -> list[Case]:
     from medlab.vision import lung_ct
 
-    choices = (*lung_ct.classes(), LUNG_OFF_DOMAIN)
+    choices = (*lung_ct.classes(), LUNG_DEFER, LUNG_OFF_DOMAIN)
     ask = "What will the lung-CT model answer for this image?"
     dcm, png = "lung/CT_small.dcm", "lung/ct_small_lung_window.png"
     cat = "skin/offdomain_cat_chelsea.jpg"
@@ -92,7 +94,7 @@ def _lung() -> list[Case]:
 
 
 def _skin() -> list[Case]:
-    choices = ("benign", "malignant", SKIN_OFF_DOMAIN)  # medlab.vision.skin's decision labels
+    choices = ("benign", "malignant", SKIN_UNCERTAIN, SKIN_OFF_DOMAIN)  # medlab.vision.skin's decision labels
     ask = "What will the skin-lesion model answer for this image?"
     lesion = "skin/synthetic_lesion.png"
     synthetic = "drawn by this project: not a patient, so there is no true label"
@@ -228,24 +230,25 @@ def model_answer(case: Case, progress: Any = None) -> ModelAnswer:
         from medlab.vision.lung_ct import classify_lung
 
         r = classify_lung(path, progress=progress, **kwargs)
-        answer = LUNG_OFF_DOMAIN if r.gate.flagged else r.defer.top_label
+        answer = LUNG_OFF_DOMAIN if r.gate.flagged else LUNG_DEFER if r.defer.deferred else r.defer.top_label
         expl = r.defer.text + "\n\n" + r.gate.markdown()
         if r.gate.flagged:
             expl = (f"The input gate flagged the image, so the app's answer is *{LUNG_OFF_DOMAIN}* (the classifier "
                     f"alone said *{r.defer.top_label}*, {r.defer.top_probability:.1%}).\n\n") + expl
+        elif r.defer.deferred:
+            expl = (f"The app's answer is *{LUNG_DEFER}*: its most likely class, *{r.defer.top_label}*, is below the "
+                    f"*{r.defer.scenario}* scenario's threshold.\n\n") + expl
         return ModelAnswer(answer, dict(r.probabilities), expl, r.overlay, r.summary())
     if case.case_set == "skin":
         from medlab.vision.skin import classify_skin
 
         r = classify_skin(path, progress=progress)
         p = r.malignant_probability
-        answer = SKIN_OFF_DOMAIN if r.gate.flagged else r.decision.lean
+        answer = SKIN_OFF_DOMAIN if r.gate.flagged else r.decision.label  # benign, malignant or uncertain
         expl = r.decision.text(p) + "\n\n" + r.gate.markdown()
         if r.gate.flagged:
             expl = (f"The input gate flagged the image, so the app's answer is *{SKIN_OFF_DOMAIN}* (the classifier "
-                    f"alone leaned *{r.decision.lean}*).\n\n") + expl
-        elif r.decision.label == "uncertain":
-            expl = f"The app says **uncertain**; it leans *{r.decision.lean}*, which is counted as its answer.\n\n" + expl
+                    f"alone said *{r.decision.label}*).\n\n") + expl
         return ModelAnswer(answer, {"malignant": p, "benign": 1.0 - p}, expl, None, r.summary())
     if case.case_set == "pathology":
         from medlab.retrieval.zero_shot import zero_shot
