@@ -153,8 +153,7 @@ def finalize(demo: gr.Blocks, tabs: gr.Tabs, notice: gr.Markdown, tab_titles: di
     quiz_outputs = [quiz.code, quiz.index, quiz.browser_state, quiz.browser_id] if quiz else []
     inputs = [quiz.browser_state] if quiz else []
 
-    def apply_link(*args: Any, request: gr.Request) -> list[Any]:
-        stored = args[0] if args else None
+    def apply_link(stored: Any = None, request: gr.Request = None) -> list[Any]:  # type: ignore[assignment]
         try:
             params = {str(k): str(v) for k, v in dict(request.query_params or {}).items()}
             parsed = parse(params, tab_titles, targets, quiz is not None)

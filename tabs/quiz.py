@@ -352,8 +352,10 @@ def build() -> None:
                         next_btn = gr.Button("Next case →", size="sm", elem_id="quiz-next")
             answer = gr.Markdown("", elem_id="quiz-answer")
             with gr.Row(equal_height=False):
-                probs = gr.Label(label="The model's probabilities", num_top_classes=10, elem_id="quiz-probs")
-                shares = gr.Label(label="The class's guesses so far", num_top_classes=10, elem_id="quiz-shares")
+                probs = gr.Label(label="The model's probabilities", num_top_classes=10, show_heading=False,
+                                 elem_id="quiz-probs")
+                shares = gr.Label(label="The class's guesses so far", num_top_classes=10, show_heading=False,
+                                  elem_id="quiz-shares")
             overlay = gr.Image(label="Grad-CAM: where the model looked", type="pil", interactive=False, visible=False,
                                height=320, elem_id="quiz-overlay")
             with gr.Accordion("Case (JSON, as returned by /quiz_case)", open=False):
@@ -369,14 +371,16 @@ def build() -> None:
                 created = gr.Markdown("", elem_id="quiz-created")
                 with gr.Accordion("Created quiz (JSON)", open=False):
                     created_json = gr.JSON(label="quiz")
-            with gr.Accordion("Educator: the class's tally", open=True, elem_id="quiz-tally-box"):
-                tally_code = gr.Textbox(label="Quiz code", max_lines=1, elem_id="quiz-tally-code")
-                secret = gr.Textbox(label="Educator secret", type="password", max_lines=1, elem_id="quiz-secret")
-                show = gr.Button("Show the tally", elem_id="quiz-show-tally")
-                overview = gr.Markdown("", elem_id="quiz-overview")
-                tally = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="quiz-tally")
-                with gr.Accordion("Tally (JSON, as returned by /quiz_results)", open=False):
-                    tally_json = gr.JSON(label="tally")
+
+    with gr.Accordion("Educator: the class's tally", open=True, elem_id="quiz-tally-box"):
+        with gr.Row():
+            tally_code = gr.Textbox(label="Quiz code", max_lines=1, elem_id="quiz-tally-code")
+            secret = gr.Textbox(label="Educator secret", type="password", max_lines=1, elem_id="quiz-secret")
+            show = gr.Button("Show the tally", elem_id="quiz-show-tally")
+        overview = gr.Markdown("", elem_id="quiz-overview")
+        tally = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="quiz-tally")
+        with gr.Accordion("Tally (JSON, as returned by /quiz_results)", open=False):
+            tally_json = gr.JSON(label="tally")
 
     case_outputs = [status, image, question, choice, case_json]
     reveal_outputs = [answer, probs, overlay, shares, reveal_json]
@@ -412,8 +416,9 @@ def build() -> None:
                            api_name="quiz_reveal", gpu_duration=30)
     revealed.then(_show_reveal, reveal_outputs, overlay, api_visibility="private", queue=False)
     create.click(quiz_create, [case_set, hours], [created, created_json], api_name="quiz_create", **lane).then(
-        lambda j: j.get("code", "") if isinstance(j, dict) else "", created_json, tally_code, api_visibility="private",
-        queue=False)
+        # the educator's own page: the tally form is filled in (the secret stays in a password field)
+        lambda j: (j.get("code", ""), j.get("secret", "")) if isinstance(j, dict) else ("", ""), created_json,
+        [tally_code, secret], api_visibility="private", queue=False)
     model_event(show.click, quiz_results, inputs=[tally_code, secret], outputs=[overview, tally, tally_json],
                 api_name="quiz_results", gpu_duration=120)
     # ?quiz=CODE: the app's link handler fills the code (and the browser id), then this opens case 1
