@@ -234,3 +234,74 @@ def test_kill_9_during_a_quiz_loses_no_committed_guess(tmp_path: Path) -> None:
     assert not missing, f"lost {len(missing)} committed guesses"
     assert len(stored) - len(reported) in (0, 1)  # at most the one in flight, committed but not yet reported
     assert _rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+# -- the quiz endpoints through the live app (gradio_client) -------------------------------------
+def _app_error(fn, *args, api_name: str) -> str:  # noqa: ANN001
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        fn(*args, api_name=api_name)
+    return str(info.value)
+
+
+def test_quiz_endpoints_are_documented_with_defaults(live_app) -> None:
+    _, client = live_app
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    create = api["/quiz_create"]["parameters"]
+    assert [p["parameter_name"] for p in create] == ["case_set", "hours"]
+    assert [p["parameter_default"] for p in create] == ["lung_ct", 24]
+    assert [p["parameter_name"] for p in api["/quiz_guess"]["parameters"]] == ["code", "index", "guess", "browser_id"]
+    assert [p["parameter_name"] for p in api["/quiz_results"]["parameters"]] == ["code", "secret"]
+    for name in ("/quiz_case", "/quiz_reveal"):
+        assert [p["parameter_name"] for p in api[name]["parameters"]] == ["code", "index", "browser_id"]
+
+
+def test_a_quiz_through_the_api(live_app) -> None:
+    from medlab.classroom.cases import LUNG_DEFER, LUNG_OFF_DOMAIN, get_case, model_input
+    from medlab.vision.lung_ct import classify_lung
+
+    _, client = live_app
+    md, quiz = client.predict("lung_ct", 2, api_name="/quiz_create")
+    code, secret = quiz["code"], quiz["secret"]
+    assert re.fullmatch(r"[A-HJ-NP-Z2-9]{6}", code) and secret in md and f"?quiz={code}" in quiz["student_link"]
+    db = Path(os.environ["MEDLAB_DATA_DIR"]) / "classroom" / "quiz.sqlite3"
+    assert _rows(db, "SELECT secret_hash FROM quizzes WHERE code = ?", code) == [(hashlib.sha256(secret.encode()).hexdigest(),)]
+    assert quiz["expires"] - _rows(db, "SELECT created FROM quizzes WHERE code = ?", code)[0][0] == pytest.approx(7200)
+
+    status, _, question, _, case = client.predict(code, 9, "student-api-1", api_name="/quiz_case")
+    assert case["case_id"] == "lung-cat" and case["your_guess"] is None and "Case 10 of 10" in status
+    # guess first: no answer before a guess
+    assert "Commit your guess first" in _app_error(client.predict, code, 9, "student-api-1", api_name="/quiz_reveal")
+    _, stored = client.predict(code, 9, "benign", "student-api-1", api_name="/quiz_guess")
+    assert stored == {"quiz": code, "case": 9, "case_id": "lung-cat", "guess": "benign", "n_guesses": 1}
+    assert "already committed" in _app_error(client.predict, code, 9, "normal", "student-api-1", api_name="/quiz_guess")
+    client.predict(code, 9, LUNG_OFF_DOMAIN, "student-api-2", api_name="/quiz_guess")
+    md, probs, overlay, shares, reveal = client.predict(code, 9, "student-api-1", api_name="/quiz_reveal")
+    assert reveal["your_guess"] == "benign" and reveal["distribution"] == {"benign": 1, LUNG_OFF_DOMAIN: 1}
+    assert reveal["reference"] == LUNG_OFF_DOMAIN and overlay  # the lung reveal carries the Grad-CAM
+    # the model's answer is the engine's, computed here independently on the same input
+    path, kwargs = model_input(get_case("lung-cat"))
+    engine = classify_lung(path, **kwargs)
+    expected = LUNG_OFF_DOMAIN if engine.gate.flagged else LUNG_DEFER if engine.defer.deferred else engine.defer.top_label
+    assert reveal["model_answer"] == expected
+    assert reveal["probabilities"] == pytest.approx(engine.probabilities, abs=1e-5)
+
+    assert "not the educator secret" in _app_error(client.predict, code, "guess", api_name="/quiz_results")
+    _, table, tally = client.predict(code, secret, api_name="/quiz_results")
+    assert tally["students"] == 2 and len(tally["cases"]) == 10
+    cat = tally["cases"][9]
+    assert cat["n"] == 2 and cat["students_right"] == 1 and cat["model_answer"] == expected
+    assert cat["model_right"] == (expected == LUNG_OFF_DOMAIN)
+    assert all(c["reference"] is None and c["model_right"] is None for c in tally["cases"][:9])
+    assert sum(c["n"] for c in tally["cases"]) == _rows(db, "SELECT COUNT(*) FROM guesses WHERE quiz = ?", code)[0][0]
+    assert "no reference label" in str(table)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("ZZZZZZ", 0, "benign", "student-api-9"), "No quiz has the code ZZZZZZ"),
+    (("hello", 0, "benign", "student-api-9"), "is not a quiz code"),
+])
+def test_bad_codes_through_the_api(live_app, args: tuple, message: str) -> None:
+    _, client = live_app
+    assert message in _app_error(client.predict, *args, api_name="/quiz_guess")
