@@ -45,7 +45,7 @@ def _store() -> Any:
 def _case(quiz: Any, index: Any) -> Any:
     from medlab.classroom.cases import get_case
 
-    return get_case(_store().case_index(quiz, index))
+    return get_case(_store().case_index(quiz, index), quiz.case_set)
 
 
 def _origin(request: gr.Request | None) -> str:

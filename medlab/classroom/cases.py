@@ -155,8 +155,9 @@ def describe(name: str) -> str:
     return CASE_SETS[name][0] if name in CASE_SETS else name
 
 
-def get_case(case_id: str) -> Case:
-    for name in CASE_SETS:
+def get_case(case_id: str, set_name: str | None = None) -> Case:
+    """The case with this id (looked up in `set_name` only, when given)."""
+    for name in ([set_name] if set_name in CASE_SETS else CASE_SETS):
         for case in case_set(name):
             if case.case_id == case_id:
                 return case
