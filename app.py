@@ -139,6 +139,7 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
     from starlette.middleware import Middleware
 
     from medlab.io.webguard import BodySizeLimit
+    from tabs.quiz import served_folders as quiz_served_folders
 
     settings = load_settings()
     return {
@@ -155,7 +156,9 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
         # Beyond Gradio's own upload/cache folders, only the pathology thumbnails (content-
         # addressed JPEGs the gallery shows anyway) may be served from the data dir.
         # The shipped examples (assets/) may be loaded into a tab by a ?tab=&example= link.
-        "allowed_paths": [str(settings.data_dir / "pathology" / "thumbs"), str(ASSETS_DIR)],
+        # The class quiz serves its case images and stored Grad-CAM overlays (derived from assets/).
+        "allowed_paths": [str(settings.data_dir / "pathology" / "thumbs"), str(ASSETS_DIR),
+                          *(str(p) for p in quiz_served_folders(settings.data_dir))],
         "css": CSS,
         "footer_links": ["api", "gradio"],
         "ssr_mode": False,

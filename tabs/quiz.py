@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from tabs import deep_links
-from tabs.common import disclaimer, model_event, progress_callback, ui_errors
+from tabs.common import Lane, disclaimer, model_event, progress_callback, ui_errors
 from tabs.i18n import translate
 
 TITLE = "Class quiz"
@@ -34,6 +34,11 @@ HEADERS = ["case", "title", "guesses", "class guesses", "model's answer", "refer
 
 _answer_locks: dict[tuple[str, str], threading.Lock] = {}
 _answer_locks_guard = threading.Lock()
+# The reveal is a quiz-lane event: 40 students reading stored answers must not queue behind the
+# 2 model slots. The one model run per case (when the educator has not warmed the quiz) takes
+# one of these slots, as many as the GPU lane has, inside spaces.GPU on ZeroGPU.
+_MODEL_SLOTS = threading.BoundedSemaphore(Lane.GPU.limit)
+ANSWER_GPU_SECONDS = 30
 
 
 def _store() -> Any:
@@ -125,7 +130,7 @@ def quiz_results(code: str, secret: str = "", progress: gr.Progress = gr.Progres
     rows, out = [], []
     for row in store.tally(quiz):
         case = _case(quiz, row["case"])
-        answer = _model_answer(quiz, case, progress)["answer"]
+        answer = _model_answer(quiz, case, progress, in_gpu_event=True)["answer"]
         dist, n = row["distribution"], row["n"]
         ref = case.reference
         dist_text = " · ".join(f"{g} {k}" for g, k in sorted(dist.items(), key=lambda kv: -kv[1])) or "–"
@@ -155,7 +160,7 @@ def _answer_dir(code: str) -> Path:
     return load_settings().data_dir / "classroom" / "answers" / code
 
 
-def _model_answer(quiz: Any, case: Any, progress: Any = None) -> dict[str, Any]:
+def _model_answer(quiz: Any, case: Any, progress: Any = None, in_gpu_event: bool = False) -> dict[str, Any]:
     """{"answer", "probabilities", "explanation", "overlay" (path or None)}: stored on first use."""
     store = _store()
     cached = store.answer(quiz, case.case_id)
@@ -168,8 +173,12 @@ def _model_answer(quiz: Any, case: Any, progress: Any = None) -> dict[str, Any]:
         if cached is not None:
             return cached[1]
         from medlab.classroom.cases import model_answer
+        from medlab.core.zerogpu import gpu
 
-        result = model_answer(case, progress=progress_callback(progress) if isinstance(progress, gr.Progress) else None)
+        report = progress_callback(progress) if isinstance(progress, gr.Progress) else None
+        with _MODEL_SLOTS:
+            run = model_answer if in_gpu_event else gpu(ANSWER_GPU_SECONDS)(model_answer)  # never nested
+            result = run(case, progress=report)
         overlay = None
         if result.overlay is not None:
             folder = _answer_dir(quiz.code)
@@ -183,11 +192,10 @@ def _model_answer(quiz: Any, case: Any, progress: Any = None) -> dict[str, Any]:
 
 
 # -- students -----------------------------------------------------------------------------------
-def _pil(path: str | Path) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as img:  # in memory: no file path of the data dir is served
-        return img.convert("RGB")
+def served_folders(data_dir: Path) -> list[Path]:
+    """Folders of the data dir whose files the quiz returns: the case images (rendered from
+    assets/) and the stored Grad-CAM overlays of those cases; no user data lives there."""
+    return [data_dir / "classroom" / "cases", data_dir / "classroom" / "answers"]
 
 
 @ui_errors
@@ -220,7 +228,7 @@ def quiz_case(code: str, index: float = 0, browser_id: str = "") -> tuple[Any, .
         head += " " + translate("runtime.quiz_already", guess=mine)
     question = f"**{case.title}.** {case.question}\n\n*{case.teaching_point}* ({case.attribution})"
     radio = gr.Radio(choices=list(case.choices), value=mine, interactive=mine is None)
-    return head, _pil(case_image_path(case)), question, radio, {
+    return head, str(case_image_path(case)), question, radio, {
         "code": quiz.code, "index": i, "n_cases": len(quiz.case_ids), "case_id": case.case_id, "title": case.title,
         "choices": list(case.choices), "your_guess": mine}
 
@@ -287,7 +295,7 @@ def quiz_reveal(code: str, index: float = 0, browser_id: str = "", progress: gr.
     md = translate("runtime.quiz_reveal", guess=mine, answer=answer["answer"], verdict=verdict) + "\n\n" + ref_text + \
         "\n\n" + answer["explanation"]
     shares = {g: k / n for g, k in dist.items()} if n else {}
-    overlay = _pil(answer["overlay"]) if answer.get("overlay") and Path(answer["overlay"]).is_file() else None
+    overlay = answer["overlay"] if answer.get("overlay") and Path(answer["overlay"]).is_file() else None
     return md, answer["probabilities"], overlay, shares, {
         "your_guess": mine, "model_answer": answer["answer"], "probabilities": answer["probabilities"],
         "reference": ref, "distribution": dist, "n_guesses": n}
@@ -391,8 +399,8 @@ def build() -> None:
                        show_progress="hidden").then(quiz_case, [code, index, browser_id], case_outputs, **kw)
 
     def then_reveal_if_guessed(dep: Any) -> None:
-        again = model_event(dep.success, _reveal_if_guessed, inputs=[code, index, browser_id, case_json],
-                            outputs=reveal_outputs, api_visibility="private", gpu_duration=30)
+        again = dep.success(_reveal_if_guessed, [code, index, browser_id, case_json], reveal_outputs,
+                            api_visibility="private", **lane)
         again.then(_show_reveal, reveal_outputs, overlay, api_visibility="private", queue=False)
 
     opened = open_case(open_btn.click, api_name="quiz_case", **lane)
@@ -412,8 +420,7 @@ def build() -> None:
     guessed = commit.click(quiz_guess, [code, index, choice, browser_id], [stored, reveal_json], api_name="quiz_guess",
                            **lane)
     guessed.success(lambda: gr.Radio(interactive=False), None, choice, api_visibility="private", queue=False)
-    revealed = model_event(guessed.success, quiz_reveal, inputs=[code, index, browser_id], outputs=reveal_outputs,
-                           api_name="quiz_reveal", gpu_duration=30)
+    revealed = guessed.success(quiz_reveal, [code, index, browser_id], reveal_outputs, api_name="quiz_reveal", **lane)
     revealed.then(_show_reveal, reveal_outputs, overlay, api_visibility="private", queue=False)
     create.click(quiz_create, [case_set, hours], [created, created_json], api_name="quiz_create", **lane).then(
         # the educator's own page: the tally form is filled in (the secret stays in a password field)
