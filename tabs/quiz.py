@@ -28,7 +28,9 @@ BROWSER_STORAGE_KEY = "medlab-quiz-browser"
 # anonymous random id (not a credential): a fixed secret keeps it readable across restarts,
 # so a student stays one student (and keeps one guess per case) when the Space restarts.
 BROWSER_STORAGE_SECRET = "medlab-quiz-anonymous-browser-id"
-QUIZ_LANE = ("quiz_db", 8)  # pure SQLite: short transactions, writes serialised by SQLite itself
+# Two lanes of their own: a guess (one SQLite commit) never waits behind reveals and case views.
+GUESS_LANE = ("quiz_guess", 8)  # short write transactions, serialised by SQLite itself
+READ_LANE = ("quiz_read", 8)  # case views and reveals: SQLite reads and stored answers
 HEADERS = ["case", "title", "guesses", "class guesses", "model's answer", "reference label",
            "students = reference", "model = reference", "students = model"]
 
@@ -47,10 +49,25 @@ def _store() -> Any:
     return default_store()
 
 
-def _case(quiz: Any, index: Any) -> Any:
-    from medlab.classroom.cases import get_case
+_quiz_cases: dict[str, dict[str, Any]] = {}  # quiz code -> {case id: Case}, fixed for the quiz's life
 
-    return get_case(_store().case_index(quiz, index), quiz.case_set)
+
+def _case(quiz: Any, index: Any) -> Any:
+    """The quiz's case (its choices read from the engine once per quiz and process, so a model
+    switched mid-quiz does not change the answers students choose from)."""
+    from medlab.classroom.cases import case_set
+
+    case_id = _store().case_index(quiz, index)
+    cases = _quiz_cases.get(quiz.code)
+    if cases is None or case_id not in cases:
+        cases = _quiz_cases[quiz.code] = {c.case_id: c for c in case_set(quiz.case_set)}
+        if len(_quiz_cases) > 2000:
+            _quiz_cases.clear()
+    if case_id not in cases:
+        from medlab.classroom.cases import get_case
+
+        return get_case(case_id)  # raises with the unknown id
+    return cases[case_id]
 
 
 def _origin(request: gr.Request | None) -> str:
@@ -392,7 +409,8 @@ def build() -> None:
 
     case_outputs = [status, image, question, choice, case_json]
     reveal_outputs = [answer, probs, overlay, shares, reveal_json]
-    lane = {"concurrency_id": QUIZ_LANE[0], "concurrency_limit": QUIZ_LANE[1]}
+    lane = {"concurrency_id": READ_LANE[0], "concurrency_limit": READ_LANE[1]}
+    guess_lane = {"concurrency_id": GUESS_LANE[0], "concurrency_limit": GUESS_LANE[1]}
 
     def open_case(trigger: Any, **kw: Any) -> Any:
         return trigger(_clear_reveal, None, [answer, probs, overlay, shares], api_visibility="private", queue=False,
@@ -418,11 +436,11 @@ def build() -> None:
         moved.then(lambda: "", None, stored, api_visibility="private", queue=False)
         then_reveal_if_guessed(moved)
     guessed = commit.click(quiz_guess, [code, index, choice, browser_id], [stored, reveal_json], api_name="quiz_guess",
-                           **lane)
+                           **guess_lane)
     guessed.success(lambda: gr.Radio(interactive=False), None, choice, api_visibility="private", queue=False)
     revealed = guessed.success(quiz_reveal, [code, index, browser_id], reveal_outputs, api_name="quiz_reveal", **lane)
     revealed.then(_show_reveal, reveal_outputs, overlay, api_visibility="private", queue=False)
-    create.click(quiz_create, [case_set, hours], [created, created_json], api_name="quiz_create", **lane).then(
+    create.click(quiz_create, [case_set, hours], [created, created_json], api_name="quiz_create", **guess_lane).then(
         # the educator's own page: the tally form is filled in (the secret stays in a password field)
         lambda j: (j.get("code", ""), j.get("secret", "")) if isinstance(j, dict) else ("", ""), created_json,
         [tally_code, secret], api_visibility="private", queue=False)
