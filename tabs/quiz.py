@@ -403,7 +403,8 @@ def build() -> None:
             secret = gr.Textbox(label="Educator secret", type="password", max_lines=1, elem_id="quiz-secret")
             show = gr.Button("Show the tally", elem_id="quiz-show-tally")
         overview = gr.Markdown("", elem_id="quiz-overview")
-        tally = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="quiz-tally")
+        tally = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="quiz-tally",
+                             column_widths=["5%", "19%", "7%", "17%", "16%", "12%", "8%", "8%", "8%"])
         with gr.Accordion("Tally (JSON, as returned by /quiz_results)", open=False):
             tally_json = gr.JSON(label="tally")
 
