@@ -49,7 +49,15 @@ def _student(index: int, url: str, code: str, n_cases: int, start_file: str) -> 
     """One student: wait for the start, then open, guess and reveal each case in turn."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="bench-quiz-"))
+    for attempt in range(5):  # 40 clients starting on a loaded 2-core box: /config can be slow
+        try:
+            client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="bench-quiz-"),
+                            httpx_kwargs={"timeout": 300})
+            break
+        except Exception:  # noqa: BLE001 - retried, then raised
+            if attempt == 4:
+                raise
+            time.sleep(2 + attempt * 3)
     browser = f"bench-student-{index:03d}"
     print(REPLY + json.dumps({"ready": True}), flush=True)
     while not os.path.exists(start_file):
@@ -105,10 +113,11 @@ def run(quick: bool = False) -> SectionResult:
         educator.predict(code, quiz["secret"], api_name="/quiz_results")
         warm_s = round(time.perf_counter() - t, 1)
         start_file = str(data_dir / "start")
+        stderr_log = open(data_dir / "students.log", "w")  # noqa: SIM115 - closed with the students
         for i in range(n_students):
             students.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.quiz_load", str(i), url, code, str(n_cases), start_file], cwd=ROOT,
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+                env=env, stdout=subprocess.PIPE, stderr=stderr_log, text=True))
         for p in students:  # every client connected before anyone starts
             line = p.stdout.readline() if p.stdout else ""
             while line and not line.startswith(REPLY):
@@ -127,6 +136,8 @@ def run(quick: bool = False) -> SectionResult:
                 p.kill()
         if server.stdin:
             server.stdin.close()
+        if students:
+            stderr_log.close()
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -164,7 +175,11 @@ def run(quick: bool = False) -> SectionResult:
                      f"answers: {warm_s} s; the students' reveals then read them.")
     res.notes.append(f"{n_students} student processes (own gradio_client each) started together on the app's own "
                      f"process; {wall:.1f} s for the whole quiz; lung model: {scale}-size random weights.")
-    if errors:
+    if not records:
+        res.status = "error"
+        log_text = (data_dir / "students.log").read_text(errors="replace")[-2000:]
+        res.notes.append("no student reported anything; their stderr ends: " + log_text)
+    elif errors or stored_rows[0] != expected:
         res.status = "partial"
         res.notes.append("failed calls: " + "; ".join(errors[:3]))
     return res
