@@ -39,6 +39,8 @@ from medlab import DISCLAIMER  # noqa: E402
 from medlab.core.config import load_settings  # noqa: E402
 from tabs import a11y  # noqa: E402
 from tabs.common import finalize_page_load  # noqa: E402
+from tabs.deep_links import finalize as finalize_deep_links  # noqa: E402
+from tabs.deep_links import track_selected_tab  # noqa: E402
 from tabs.i18n import gradio_i18n, localize  # noqa: E402
 
 log = logging.getLogger("medlab.app")
@@ -51,12 +53,14 @@ TAB_MODULES: tuple[str, ...] = (
     "tabs.radiograph",
     "tabs.impression",
     "tabs.pathology",
+    "tabs.quiz",  # class quiz: guess first, then the model's answer and the class's guesses
     "tabs.about",
 )
 
 # Queue limits (see README "Limits and safety"): a bounded waiting line (the 65th waiting
 # request is told the queue is full instead of waiting for ever), and a small default. The
 # lanes of model events are declared where each event is registered (tabs.common.model_event).
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 QUEUE_MAX_SIZE = 64
 DEFAULT_CONCURRENCY = 2
 
@@ -69,15 +73,24 @@ def build_app() -> gr.Blocks:
     """Build the whole UI. Loads no model."""
     load_settings()  # fail at start-up, with the variable's name, on an invalid setting
     with gr.Blocks(title="Medical AI Lab", analytics_enabled=False) as demo:
-        gr.Markdown(f"# 🩺 Medical AI Lab\n*{DISCLAIMER}*")
+        with gr.Row(equal_height=False):
+            gr.Markdown(f"# 🩺 Medical AI Lab\n*{DISCLAIMER}*")
+            # Gradio's own share button: a link to this page with the session's current values
+            # (inputs, settings, results and the selected tab); see tabs/deep_links.py
+            gr.DeepLinkButton("Copy a link to this view", copied_value="Link copied", size="sm", scale=0, min_width=200)
+        notice = gr.Markdown("", elem_id="deep-link-notice")  # what a ?tab=&example=&quiz= link did or did not understand
+        titles: dict[str, str] = {}
         # "wrap": on a phone every tab shows (in rows) instead of two tabs and a "More tabs" menu.
-        with gr.Tabs(overflow_behavior="wrap"):
+        with gr.Tabs(elem_id="medlab-tabs", overflow_behavior="wrap") as tabs:
             for name in TAB_MODULES:
                 module = importlib.import_module(name)
-                with gr.Tab(module.TITLE, id=module.TAB_ID):
+                with gr.Tab(module.TITLE, id=module.TAB_ID) as tab:
                     module.build()
+                titles[module.TAB_ID] = module.TITLE
+                track_selected_tab(tabs, tab, module.TAB_ID)
         localize(demo)  # every UI string -> a gr.I18n key (locales/*.json); the API stays English
         finalize_page_load(demo)  # one private page-load event fills every status panel
+        finalize_deep_links(demo, tabs, notice, titles)  # ?tab= &example= &quiz= (one more private load event)
     atomic_image_cache_writes()
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
@@ -128,6 +141,7 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
     from starlette.middleware import Middleware
 
     from medlab.io.webguard import BodySizeLimit
+    from tabs.quiz import served_folders as quiz_served_folders
 
     settings = load_settings()
     return {
@@ -143,7 +157,10 @@ def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
         "app_kwargs": {"middleware": [Middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)]},
         # Beyond Gradio's own upload/cache folders, only the pathology thumbnails (content-
         # addressed JPEGs the gallery shows anyway) may be served from the data dir.
-        "allowed_paths": [str(settings.data_dir / "pathology" / "thumbs")],
+        # The shipped examples (assets/) may be loaded into a tab by a ?tab=&example= link.
+        # The class quiz serves its case images and stored Grad-CAM overlays (derived from assets/).
+        "allowed_paths": [str(settings.data_dir / "pathology" / "thumbs"), str(ASSETS_DIR),
+                          *(str(p) for p in quiz_served_folders(settings.data_dir))],
         # README "Accessibility": contrast, phone layout and ARIA fixes live in tabs/a11y.py.
         "css": CSS + a11y.CSS,
         "head": a11y.HEAD,

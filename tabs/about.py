@@ -32,6 +32,35 @@ this machine says why and how to fix it; the others keep working.
 """
 
 
+LESSON_MD = """
+### Running a lesson
+
+**Which link to share.**
+- *A tab with an example loaded*: `<app address>/?tab=lung_ct&example=2` opens the Lung CT tab with its
+  2nd example in the input (tab ids: `skin`, `lung_ct`, `teach`, `radiograph`, `impression`, `pathology`,
+  `quiz`, `about`; `example=N` counts the tab's Examples from 1). A link the app does not understand
+  (unknown tab, example out of range) still opens the page, and a line at the top says which part was
+  not understood.
+- *Exactly what is on your screen*: **Copy a link to this view** (top right) copies a link with the
+  current inputs, settings, results and tab (Gradio's deep link; it lives in the server's temporary
+  folder, so make it on the day, on the running server).
+- *A quiz*: the **Class quiz** tab creates one and shows the student link `<app address>/?quiz=CODE`.
+
+**Reaching the class.** `python app.py --share` prints a public `https://….gradio.live` address for
+the lesson (it lasts while the app runs). Set `MEDLAB_AUTH=user:password` before starting the app to
+ask everyone for that login (tell the class the password; a Space keeps it as a secret).
+
+**A 45-minute class with the quiz.**
+1. Before class: open the Class quiz tab, choose a case set, keep 24 hours (or the length of the
+   lesson), **Create the quiz**. Note the **educator secret**: it is shown once.
+2. Show the code or the student link. Students open it, look at each case and **commit a guess
+   before the model's answer is shown**, then read the model's answer, its explanation and the
+   class's guesses so far (one guess per case and browser; no names).
+3. Discussion: type the code and the secret under *the class's tally*: per case, the class's
+   guesses, the model's answer and the reference label where one is known (most shipped examples have
+   none: they are synthetic or test images, and the table says so).
+"""
+
 # English source text of the column headers; locales/*.json translate them (runtime.about_col_*).
 MODEL_HEADERS = ["model", "status", "source", "licence", "MB loaded", "load s", "notes"]
 DEVICE_HEADERS = ["device", "budget GB", "used GB", "peak GB", "models"]
@@ -89,6 +118,7 @@ def build() -> None:
     disclaimer()
     gr.Markdown(ABOUT_MD)
     gr.Markdown(f"**Disclaimer.** {DISCLAIMER} Outputs can be wrong in ways that look convincing.")
+    gr.Markdown(LESSON_MD)
     refresh = gr.Button("Refresh status", variant="secondary")
     table = gr.Dataframe(
         headers=MODEL_HEADERS,

@@ -9,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 
+from tabs import deep_links
 from tabs.common import (
     availability_banner,
     disclaimer,
@@ -127,12 +128,12 @@ def build() -> None:
             run = gr.Button("Classify", variant="primary", elem_id="lung-run")
             examples = [p for p in (ROOT / "lung" / "CT_small.dcm", ROOT / "lung" / "ct_small_lung_window.png",
                                     ROOT / "skin" / "offdomain_cat_chelsea.jpg") if p.is_file()]
+            labels = ["chest CT slice (DICOM, pydicom test data)", "same slice as PNG (lung window)",
+                      "a cat photo (off-domain: the gate should flag it)"][: len(examples)]
             if examples:
                 gr.Examples([[str(p)] for p in examples], inputs=[file], cache_examples=False,
-                            example_labels=["chest CT slice (DICOM, pydicom test data)",
-                                            "same slice as PNG (lung window)",
-                                            "a cat photo (off-domain: the gate should flag it)"][: len(examples)],
-                            label="Examples (see assets/ATTRIBUTION.md)")
+                            example_labels=labels, label="Examples (see assets/ATTRIBUTION.md)")
+            deep_links.example_target(TAB_ID, file, [str(p) for p in examples], labels)  # ?tab=lung_ct&example=N
         with gr.Column(scale=1):
             probs = gr.Label(label=class_text.capitalize(), num_top_classes=len(choices["classes"]) or 3,
                              show_heading=False)  # the verdict (class or defer) is in the text below

@@ -13,6 +13,7 @@ import gradio as gr
 from medlab.retrieval.encoders import DEFAULT_MODEL, MODEL_NAMES, MODELS, model_choices
 from medlab.retrieval.image_index import EXAMPLES_DIR
 from medlab.retrieval.zero_shot import DEFAULT_LABELS, DEFAULT_TEMPLATE
+from tabs import deep_links
 from tabs.common import (
     GpuDuration,
     Lane,
@@ -313,6 +314,8 @@ def build() -> None:
             if examples:
                 gr.Examples([[p] for p in examples], inputs=[query_image],
                             label="Example tiles (scikit-image IHC, see assets/ATTRIBUTION.md)", cache_examples=False)
+            # ?tab=pathology&example=N loads the N-th tile into the image search
+            deep_links.example_target(TAB_ID, query_image, examples, [Path(p).stem.replace("_", " ") for p in examples])
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Best matches (similarity · caption)", columns=4, height=520,
                                  object_fit="contain", allow_preview=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from tabs import assistant
+from tabs import assistant, deep_links
 from tabs.common import (
     TolerantImage,
     availability_banner,
@@ -93,11 +93,12 @@ def build() -> None:
                              height=300, elem_id="skin-image")
             run = gr.Button("Classify", variant="primary", elem_id="skin-run")
             examples = [p for p in (ASSETS / "synthetic_lesion.png", ASSETS / "offdomain_cat_chelsea.jpg") if p.is_file()]
+            labels = ["synthetic lesion (drawn, not a patient)",
+                      "a cat (off-domain: the gate should flag it)"][: len(examples)]
             if examples:
                 gr.Examples([[str(p)] for p in examples], inputs=[image], cache_examples=False,
-                            example_labels=["synthetic lesion (drawn, not a patient)",
-                                            "a cat (off-domain: the gate should flag it)"][: len(examples)],
-                            label="Examples (see assets/ATTRIBUTION.md)")
+                            example_labels=labels, label="Examples (see assets/ATTRIBUTION.md)")
+            deep_links.example_target(TAB_ID, image, [str(p) for p in examples], labels)  # ?tab=skin&example=N
             bars = gr.Label(label="Probability (benign / malignant)", num_top_classes=2,
                             show_heading=False)  # the decision (with its band) is in the text below
             decision = gr.Markdown(elem_id="skin-decision")

@@ -126,11 +126,14 @@ def test_cli_flags(flag: str) -> None:
 
 
 # -- queue lanes (declared at registration: tabs.common.model_event) ---------------------------
-MODEL_FREE_PUBLIC = {"model_status", "teach_use"}  # public events with inputs that run no model
+MODEL_FREE_PUBLIC = {"model_status", "teach_use",  # public events with inputs that run no model
+                     # the class quiz's SQLite events (quiz lane); a reveal reads the stored answer and runs
+                     # the model at most once per quiz and case, in spaces.GPU, bounded by the GPU lane's limit
+                     "quiz_create", "quiz_case", "quiz_guess", "quiz_reveal"}
 GPU_EVENTS = {"skin_classify", "lung_classify", "skin_explain", "lung_ct_explain",
               "radiograph_caption", "compare_adapter", "impression",
               "pathology_search", "pathology_similar", "more_like_this", "pathology_zero_shot", "assistant_ask",
-              "skin_stress", "lung_ct_stress", "pathology_stress"}
+              "skin_stress", "lung_ct_stress", "pathology_stress", "quiz_results"}
 BULK_EVENTS = {"impression_batch", "pathology_index", "index_examples", "assistant_add_document", "teach_train"}
 
 

@@ -62,7 +62,7 @@ def test_table_covers_every_ui_string_of_the_built_app(demo: gr.Blocks) -> None:
     assert keys and not [k for k in keys if k not in EN or k not in ZH]
     # Each tab's title and its disclaimer went through the table.
     tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert len(tabs) == 7 and all(isinstance(t.label, I18nData) for t in tabs)
+    assert len(tabs) == 8 and all(isinstance(t.label, I18nData) for t in tabs)
 
 
 def test_every_language_is_complete_and_really_translated() -> None:
@@ -86,7 +86,7 @@ def test_disclaimer_is_translated_on_every_tab(demo: gr.Blocks) -> None:
     key = i18n.key_for(f"> ⚠️ **{DISCLAIMER}**")
     assert key is not None and "不能用于诊断" in ZH[key] and "仅供教学使用" in ZH[key]
     uses = [b for b in demo.blocks.values() if isinstance(b.__dict__.get("value"), I18nData) and b.value.key == key]
-    assert len(uses) == 7  # one per tab
+    assert len(uses) == 8  # one per tab (the class quiz included)
 
 
 def test_choices_keep_their_engine_values(demo: gr.Blocks) -> None:
