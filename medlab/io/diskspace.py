@@ -70,7 +70,9 @@ def disk_errors(where: Path, doing: str) -> Iterator[None]:
     except DiskFullError:
         raise
     except MedlabError as exc:
-        if exc.__cause__ is not None:
+        from medlab.retrieval.vectorstore import StoreUnavailableError
+
+        if exc.__cause__ is not None and not isinstance(exc, StoreUnavailableError):
             raise_if_disk_full(exc, where, doing)
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised unless the disk is full

@@ -111,7 +111,11 @@ def nonempty_collection(key: str, empty_error: type[Exception]) -> Any:
     with _NONEMPTY_LOCK:
         if col.id in _NONEMPTY:
             return col
-    if not col.get(limit=1, include=[])["ids"]:
+    from medlab.retrieval.vectorstore import store_errors
+
+    with store_errors("reading the image index"):
+        empty = not col.get(limit=1, include=[])["ids"]
+    if empty:
         raise empty_error(EMPTY_INDEX_HELP.format(model=get_spec(key).title))
     with _NONEMPTY_LOCK:
         _NONEMPTY.add(col.id)
@@ -222,7 +226,16 @@ def index_folder(
 ) -> IndexReport:
     """Index every image of `folder` (recursively) for model `key`. Incremental and resumable:
     images already stored (same bytes) are not encoded again; images that used to come from
-    this folder (same `source`) and are gone now leave the index."""
+    this folder (same `source`) and are gone now leave the index. A full disk stops the build
+    with DiskFullError; what was stored stays, and the next run resumes."""
+    from medlab.io.diskspace import disk_errors
+
+    with disk_errors(load_settings().data_dir, f"indexing {Path(folder).name or folder}"):
+        return _index_folder(folder, key, source, progress, batch_size)
+
+
+def _index_folder(folder: str | Path, key: str, source: str | None, progress: Progress | None,
+                  batch_size: int) -> IndexReport:
     from medlab.io.imaging import load_image
     from medlab.retrieval.vectorstore import existing_ids
 

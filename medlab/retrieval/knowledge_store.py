@@ -110,7 +110,10 @@ def embed_text(c: Chunk) -> str:
 
 def _indexed(col: Any) -> dict[str, dict[str, Any]]:
     """doc -> {"hashes": {hash: count}, "n": {hash: expected chunk count}}."""
-    got = col.get(include=["metadatas"])
+    from medlab.retrieval.vectorstore import store_errors
+
+    with store_errors("reading the knowledge base's chunks"):
+        got = col.get(include=["metadatas"])
     out: dict[str, dict[str, Any]] = {}
     for meta in got["metadatas"] or []:
         d = out.setdefault(meta["doc"], {"hashes": {}, "n": {}})
@@ -232,13 +235,15 @@ def ingest(
     files (bundled knowledge/ + its own uploads). Returns what changed. Nothing is removed
     because this replica's folder lacks it: only remove_document() removes an upload, and a
     bundled document leaves when this (or a newer) release no longer ships it."""
+    from medlab.core.config import load_settings
+    from medlab.io.diskspace import disk_errors
     from medlab.retrieval import doc_records as recs
     from medlab.retrieval.vectorstore import upsert
 
     report = IngestReport()
     report_progress = progress or (lambda f, m: None)
     primary = embedder_key == EMBEDDER
-    with _INGEST_LOCK:
+    with _INGEST_LOCK, disk_errors(load_settings().data_dir, "adding documents to the knowledge base"):
         col = collection(embedder_key)
         rec_col = recs.records_collection()
         records = recs.read_all(rec_col)
@@ -284,7 +289,8 @@ def ingest(
             report.chunks_embedded += len(chunks)
             if primary:
                 now = recs.read(doc, rec_col)
-                if now and now.get("status") == recs.REMOVED and not revive:
+                planned = records.get(doc) or {}
+                if now and now.get("status") == recs.REMOVED and now.get("version") != planned.get("version"):
                     # removed by another replica while this one embedded it: the removal stands
                     report.chunks_deleted += _delete_doc_chunks(col, doc)
                     report.skipped[doc] = f"removed from the knowledge base by {now.get('replica')}"
@@ -368,8 +374,11 @@ def retrieve(question: str, k: int = 4, progress: Progress | None = None, qvec: 
     col = collection(embedder_key)
     q = embed([question], progress, embedder_key)[0] if qvec is None else qvec
     # no count() first: it scans the collection, and chroma returns fewer rows (or none) itself
-    res = col.query(query_embeddings=[q.tolist()], n_results=max(int(k), 1),
-                    include=["metadatas", "documents", "distances"])
+    from medlab.retrieval.vectorstore import store_errors
+
+    with store_errors("searching the knowledge base"):
+        res = col.query(query_embeddings=[q.tolist()], n_results=max(int(k), 1),
+                        include=["metadatas", "documents", "distances"])
     out = []
     for meta, text, dist in zip(res["metadatas"][0], res["documents"][0], res["distances"][0]):
         out.append(Passage(meta["doc"], meta.get("title", meta["doc"]), int(meta.get("page") or 0),

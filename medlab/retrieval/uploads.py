@@ -53,6 +53,13 @@ def add_document(path: str | Path, original_name: str | None = None,
     if Path(name).suffix.lower() != ".pdf":
         raise UnsupportedFileError(f"{Path(name).name}: only PDF documents can be added here.")
     validate_pdf(src)
+    from medlab.io.diskspace import disk_errors
+
+    with disk_errors(load_settings().data_dir, f"adding {Path(name).name}"):
+        return _add(src, name, progress)
+
+
+def _add(src: Path, name: str, progress: Progress | None) -> tuple[str, IngestReport]:
     ensure_ingested(progress)  # the existing corpus first, so the report below is about this file
     from medlab.retrieval import doc_records as recs
 
@@ -87,12 +94,8 @@ def write_atomically(src: Path, target: Path) -> None:
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, target)
-    except BaseException as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            from medlab.io.diskspace import raise_if_disk_full
-
-            raise_if_disk_full(exc, target.parent, f"saving {target.name}")
         raise
 
 
