@@ -53,7 +53,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     if hub_offline():
         print("HF_HUB_OFFLINE is set: unset it on a machine with internet access to download weights.")
         return 2
-    from medlab.core.hub import fetch_snapshot, require_weights
+    from medlab.core.hub import fetch_snapshot, repair_snapshot, require_weights
     from medlab.core.load_errors import translate
 
     failed = 0
@@ -73,6 +73,8 @@ def cmd_download(args: argparse.Namespace) -> int:
             if tty:
                 print()  # end the progress line
             require_weights(source, path)
+            for repaired in repair_snapshot(source, path):
+                print(f"[fix ] {key}: {repaired}: downloaded again")
         except Exception as exc:  # noqa: BLE001 - report and carry on with the other keys
             failed += 1
             error = exc if isinstance(exc, MedlabError) else translate(source, exc)

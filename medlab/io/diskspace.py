@@ -16,6 +16,10 @@ from medlab.core.errors import DiskFullError, MedlabError
 
 # Below this much free space, a failed write on the volume counts as "disk full".
 LOW_SPACE_BYTES = 2 * 2**20
+# Writers (index batches, uploads) leave this much free: chroma's embedded store needs room
+# to apply its log when it is next opened, and on a disk filled to the last byte even reading
+# it fails ("Failed to apply logs to the metadata segment") until space is freed.
+STORE_RESERVE_BYTES = 2**20
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _SQLITE_FULL = 13
 
@@ -51,10 +55,19 @@ def disk_full_error(where: Path, doing: str) -> DiskFullError:
     free = free_bytes(where)
     left = f"{(free or 0) / 2**20:.1f} MB free" if free is not None else "no free space"
     return DiskFullError(
-        f"Disk full: {left} under {where} while {doing}. Nothing half-written was kept and what was stored "
+        f"Disk full: {left} under {where} while {doing} (the app keeps {STORE_RESERVE_BYTES / 2**20:.0f} MB free "
+        "for the store). Nothing half-written was kept and what was stored "
         "before stays readable. Fix: free space on that volume (or give MEDLAB_DATA_DIR a larger one), "
         "then repeat the action: it resumes where it stopped."
     )
+
+
+def ensure_space(where: Path, need: int, doing: str) -> None:
+    """DiskFullError before writing `need` bytes under `where` if that would leave less than
+    STORE_RESERVE_BYTES free."""
+    free = free_bytes(where)
+    if free is not None and free - need < STORE_RESERVE_BYTES:
+        raise disk_full_error(where, doing)
 
 
 def raise_if_disk_full(exc: BaseException, where: Path, doing: str) -> None:

@@ -90,6 +90,9 @@ def _add(src: Path, name: str, progress: Progress | None) -> tuple[str, IngestRe
 def write_atomically(src: Path, target: Path) -> None:
     """Copy under a temporary name, then rename: a crash or a full disk never leaves a
     half-written PDF that an ingest would read (the partial copy is removed)."""
+    from medlab.io.diskspace import ensure_space
+
+    ensure_space(target.parent, src.stat().st_size, f"adding {target.name}")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
         shutil.copyfile(src, tmp)
