@@ -213,11 +213,12 @@ def test_replicas_without_a_shared_volume_keep_every_document(server: Server,  #
 
 
 def test_a_store_without_records_is_migrated_and_embedded_mode_follows_the_same_rules(
-        tmp_path: Path, use_tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, use_tiny_models: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Embedded store (no server): chunks written before document records get a record at the
     next ingest without re-embedding; a bundled note this release no longer ships is removed
     (tombstone reason "release") and comes back when the file does; an upload is never removed
-    because the folder lost the file."""
+    because the folder lost the file; `python -m medlab kb remove` removes it."""
     from medlab.retrieval import doc_records, documents, knowledge_store, uploads
     from medlab.retrieval.vectorstore import get_client, reset_clients
 
@@ -251,6 +252,15 @@ def test_a_store_without_records_is_migrated_and_embedded_mode_follows_the_same_
         (tmp_path / NOTES[1]).rename(kdir / NOTES[1])
         back = knowledge_store.ingest()
         assert back.added == [f"knowledge/{NOTES[1]}"], back
+
+        from medlab.__main__ import main  # the CLI: `python -m medlab kb list|remove DOC`
+
+        assert main(["kb", "remove", doc]) == 0
+        assert main(["kb", "list"]) == 0
+        listed = capsys.readouterr().out
+        assert f"removed {doc} ({len(PAGES['a.pdf'])} chunks)" in listed
+        assert f"removed  v2 {doc}" in listed and f"active   v1 knowledge/{NOTES[0]}" in listed
+        assert col.get(where={"doc": doc}, include=[])["ids"] == []
     finally:
         reset_clients()
         knowledge_store.reset_ready()
