@@ -137,6 +137,42 @@ def atomic_image_cache_writes() -> None:
     pu.save_pil_to_cache = save_pil_to_cache
 
 
+SHUTDOWN_GRACE_S = 20.0  # SIGTERM: how long in-flight requests get to finish (MEDLAB_SHUTDOWN_GRACE_S)
+
+
+def install_graceful_shutdown(demo: gr.Blocks) -> None:
+    """SIGTERM (the Spaces runtime, Docker and Kubernetes send it on restart) stops the app
+    gracefully: new requests are refused (the queue reports itself full), requests running or
+    waiting get up to MEDLAB_SHUTDOWN_GRACE_S seconds to finish, the background index builder
+    stops after its batch, then the server closes and the process exits with 0. Writes are
+    atomic or keyed by content, so whatever the grace period cuts off leaves nothing half-written."""
+    import signal
+    import time
+
+    grace = float(os.environ.get("MEDLAB_SHUTDOWN_GRACE_S", SHUTDOWN_GRACE_S))
+
+    def busy() -> int:
+        queue = demo._queue  # noqa: SLF001 - gradio exposes no public drain API
+        return len(queue) + sum(1 for job in queue.active_jobs if job is not None)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the drain short
+        demo._queue.max_size = 0  # noqa: SLF001 - refuse new requests ("queue is full")
+        log.info("SIGTERM: finishing %d request(s) (up to %.0f s), then exiting", busy(), grace)
+        deadline = time.monotonic() + grace
+        while busy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if busy():
+            log.warning("SIGTERM: %d request(s) still running after %.0f s; exiting anyway", busy(), grace)
+        from medlab.retrieval.default_index import cancel
+
+        cancel(wait_s=max(1.0, deadline - time.monotonic()))
+        demo.close()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def launch_kwargs(host: str, port: int, share: bool, mcp: bool = False) -> dict:
     from starlette.middleware import Middleware
 
@@ -202,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from medlab.retrieval.default_index import start_background
 
     start_background()  # the default pathology tile set indexes itself (bulk, one daemon thread)
+    install_graceful_shutdown(demo)
     demo.launch(**launch_kwargs(args.host, args.port, args.share, mcp=args.mcp))
     return 0
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m medlab doctor` and `python -m medlab download [KEYS]`."""
+"""Command line: `python -m medlab doctor`, `download [KEYS]`, `prepare` and `kb list|remove DOC`."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     if hub_offline():
         print("HF_HUB_OFFLINE is set: unset it on a machine with internet access to download weights.")
         return 2
-    from medlab.core.hub import fetch_snapshot, require_weights
+    from medlab.core.hub import fetch_snapshot, repair_snapshot, require_weights
     from medlab.core.load_errors import translate
 
     failed = 0
@@ -73,6 +73,8 @@ def cmd_download(args: argparse.Namespace) -> int:
             if tty:
                 print()  # end the progress line
             require_weights(source, path)
+            for repaired in repair_snapshot(source, path):
+                print(f"[fix ] {key}: {repaired}: downloaded again")
         except Exception as exc:  # noqa: BLE001 - report and carry on with the other keys
             failed += 1
             error = exc if isinstance(exc, MedlabError) else translate(source, exc)
@@ -117,6 +119,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return max(weights, index)
 
 
+def cmd_kb(args: argparse.Namespace) -> int:
+    """`kb list`: the knowledge base's documents as the store records them (every replica's);
+    `kb remove DOC`: remove one for every replica (README "Scale out")."""
+    from medlab.retrieval import doc_records, knowledge_store
+
+    try:
+        if args.action == "remove":
+            if not args.doc:
+                print("kb remove needs a document id, e.g. uploads/notes.pdf (see `python -m medlab kb list`)")
+                return 2
+            deleted = knowledge_store.remove_document(args.doc)
+            print(f"removed {args.doc} ({deleted} chunks) for every replica")
+            return 0
+        for doc, r in sorted(doc_records.read_all().items()):
+            print(f"{r.get('status', '?'):<8} v{r.get('version')} {doc}  sha256 {str(r.get('sha256'))[:12]}  "
+                  f"by {r.get('replica')}  ({r.get('kind')}, release {r.get('release')})")
+        return 0
+    except MedlabError as exc:
+        print(exc)
+        return 1
+
+
 def _console_progress():  # type: ignore[no-untyped-def]
     def report(fraction: float, message: str) -> None:  # noqa: ARG001 - the message carries the MB
         print(f"\r       {message}", end="", flush=True)
@@ -137,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare = sub.add_parser("prepare", help="before going offline: download the default weights, then build the "
                                              "default pathology index (MEDLAB_PATHOLOGY_SOURCE); idempotent")
     prepare.set_defaults(func=cmd_prepare)
+    kb = sub.add_parser("kb", help="the knowledge base's documents: `kb list`, `kb remove DOC` (for every replica)")
+    kb.add_argument("action", choices=["list", "remove"])
+    kb.add_argument("doc", nargs="?", help="document id for remove, e.g. uploads/notes.pdf")
+    kb.set_defaults(func=cmd_kb)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

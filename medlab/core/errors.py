@@ -70,3 +70,19 @@ class ImageTooSmallError(InputError):
 
 class DicomError(InputError):
     """A DICOM file that cannot be shown as an image (no pixels, wrong kind of object)."""
+
+
+class DiskFullError(MedlabError, OSError):
+    """The disk holding the data dir is full: nothing half-written was kept, and what was
+    stored before stays readable; free space (or enlarge the volume) and repeat."""
+
+
+class WeightsDamagedError(ModelUnavailableError):
+    """A weights file is truncated or corrupted (its bytes do not match its own header)."""
+
+    def __init__(self, key: str, path: str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(
+            key, f"weights damaged: {path}" + (f" ({detail})" if detail else "") + "; the app never serves damaged weights.",
+            f"delete it or run `python -m medlab download {key}` (it re-downloads a damaged file).",
+        )

@@ -138,3 +138,51 @@ def require_weights(source: ModelSource, folder: Path, wanted: str = "*.safetens
         "use a revision of the repo that has .safetensors weights (MEDLAB_REVISION_"
         f"{source.key.upper()}), convert the weights, or set MEDLAB_ALLOW_PICKLE=1 if you trust the repo.",
     )
+
+
+def damaged_files(folder: Path) -> dict[Path, str]:
+    """Files of a Hub-cache snapshot that are not what the Hub sent: a blob named by its
+    sha256 (LFS files: weights) whose bytes hash differently, or a safetensors file whose
+    structure is broken. snapshot -> why."""
+    import hashlib
+    import re
+
+    from medlab.core.weights import damage
+
+    out: dict[Path, str] = {}
+    for link in sorted(Path(folder).rglob("*")):
+        if not link.is_file():
+            continue
+        blob = link.resolve()
+        if re.fullmatch(r"[0-9a-f]{64}", blob.name):
+            h = hashlib.sha256()
+            with blob.open("rb") as f:
+                for block in iter(lambda: f.read(2**20), b""):
+                    h.update(block)
+            if h.hexdigest() != blob.name:
+                out[link] = "its sha256 differs from the Hub's"
+                continue
+        if link.suffix == ".safetensors" and (why := damage(link)):
+            out[link] = why
+    return out
+
+
+def repair_snapshot(source: ModelSource, folder: Path, progress: Progress | None = None) -> list[str]:
+    """Delete the damaged files of a fetched snapshot (blob and link) and fetch them again;
+    returns what was repaired. huggingface_hub treats a file in the cache as present whatever
+    its bytes, so without this a damaged download stays damaged."""
+    damaged = damaged_files(folder)
+    for link in damaged:
+        blob = link.resolve()
+        link.unlink(missing_ok=True)
+        if blob != link:
+            blob.unlink(missing_ok=True)
+    if damaged:
+        fetch_snapshot(source, progress)
+        still = damaged_files(folder)
+        if still:
+            from medlab.core.errors import WeightsDamagedError
+
+            path, why = next(iter(still.items()))
+            raise WeightsDamagedError(source.key, str(path.resolve()), why + ", again after a fresh download")
+    return [f"{p.name} ({why})" for p, why in damaged.items()]

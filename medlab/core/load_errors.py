@@ -15,6 +15,7 @@ from medlab.core.errors import (
     InsufficientMemoryError,
     MedlabError,
     ModelUnavailableError,
+    WeightsDamagedError,
 )
 from medlab.core.registry import ModelSource
 
@@ -74,6 +75,9 @@ def translate(source: ModelSource, exc: BaseException, device: str | None = None
             "CUDA machine), lower MEDLAB_MEMORY_BUDGET_GB / MEDLAB_GPU_MEMORY_BUDGET_GB so fewer models "
             "stay loaded together, or use a machine with more memory.",
         )
+    safetensors = sys.modules.get("safetensors")
+    if safetensors is not None and _find(exc, safetensors.SafetensorError) is not None:
+        return WeightsDamagedError(key, where, "safetensors could not read it")
     if _find(exc, hf.GatedRepoError) is not None:
         return ModelUnavailableError(
             key, f"{where} is a gated repository on the Hugging Face Hub and this machine has no access to it.",

@@ -89,12 +89,16 @@ def _prepare(spec: ModelSpec, source: ModelSource) -> None:
 def local_files(source: ModelSource, progress: Progress, wanted: str = "*.safetensors") -> str:
     """The folder to load from: the local dir itself, or the Hub snapshot fetched into the
     cache (inside translate_load_errors, so the Hub's typed errors explain a failure)."""
+    from medlab.core.weights import check_safetensors_files
+
     if source.is_local:
+        check_safetensors_files(source.key, Path(source.location))
         return source.location
     from medlab.core.hub import fetch_snapshot, require_weights
 
     folder = fetch_snapshot(source, progress)
     require_weights(source, folder, wanted)
+    check_safetensors_files(source.key, folder)
     return str(folder)
 
 

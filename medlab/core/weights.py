@@ -5,6 +5,8 @@
   real checkpoint without importing torch.
 - `planned_bytes`: the resident size of a model on a device, following the dtype the loader
   will use and 4-bit quantisation where the loader applies it.
+- `check_safetensors_files`: a truncated or corrupted weights file (its header unreadable,
+  or its bytes not matching the tensors the header lists) is refused as WeightsDamagedError.
 - `check_transformers_coverage` / `check_state_dict_coverage`: refuse a model whose
   parameters were not all read from the checkpoint (random or partial weights)."""
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medlab.core.errors import ModelUnavailableError
+from medlab.core.errors import ModelUnavailableError, WeightsDamagedError
 
 DTYPE_BYTES = {
     "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
@@ -101,3 +103,46 @@ def check_state_dict_coverage(key: str, model: Any, state_dict_keys: Iterable[st
     missing = [name for name in model.state_dict() if name not in have]
     if missing:
         raise _missing_error(key, "parameters were not in the weights", missing, fix)
+
+
+def damage(path: Path) -> str | None:
+    """Why a safetensors file is damaged (truncated, corrupted header, tensors outside or not
+    filling the data area), or None when its structure is whole. Reads the header only."""
+    try:
+        size = path.stat().st_size
+        header = _read_header(path)
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+    except (OSError, ValueError, UnicodeDecodeError, struct.error) as exc:  # JSONDecodeError is a ValueError
+        return f"unreadable header: {type(exc).__name__}"
+    if not isinstance(header, dict):
+        return "the header is not a table of tensors"
+    data = size - 8 - length
+    end_max = 0
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = (int(x) for x in info["data_offsets"])
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            width = DTYPE_BYTES.get(str(info["dtype"]))
+            if begin < 0 or end < begin or (width is not None and end - begin != count * width):
+                return f"tensor {name} has inconsistent offsets"
+            end_max = max(end_max, end)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"malformed tensor entry: {type(exc).__name__}"
+    if end_max != data:
+        what = "truncated" if data < end_max else "longer than its tensors"
+        return f"{what}: {max(0, data)} data bytes, the header lists {end_max}"
+    return None
+
+
+def check_safetensors_files(key: str, folder: Path) -> None:
+    """Refuse a model folder whose safetensors files are damaged (WeightsDamagedError names the
+    real file: a Hub-cache blob behind its snapshot link, so deleting it forces a re-download)."""
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        why = damage(path)
+        if why:
+            raise WeightsDamagedError(key, str(path.resolve()), why)

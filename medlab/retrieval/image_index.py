@@ -111,7 +111,11 @@ def nonempty_collection(key: str, empty_error: type[Exception]) -> Any:
     with _NONEMPTY_LOCK:
         if col.id in _NONEMPTY:
             return col
-    if not col.get(limit=1, include=[])["ids"]:
+    from medlab.retrieval.vectorstore import store_errors
+
+    with store_errors("reading the image index"):
+        empty = not col.get(limit=1, include=[])["ids"]
+    if empty:
         raise empty_error(EMPTY_INDEX_HELP.format(model=get_spec(key).title))
     with _NONEMPTY_LOCK:
         _NONEMPTY.add(col.id)
@@ -132,18 +136,28 @@ def thumb_path(sha: str) -> Path:
     return thumbs_dir() / sha[:2] / f"{sha}.jpg"
 
 
-def save_thumb(img: Any, sha: str) -> Path:
-    """Write the thumbnail of `img` under its content id, atomically (temp file + rename)."""
+def thumb_bytes(img: Any) -> bytes:
+    import io
+
+    thumb = img.copy()
+    thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def save_thumb(img: Any, sha: str, data: bytes | None = None) -> Path:
+    """Write the thumbnail of `img` (or the JPEG `data` made from it) under its content id,
+    atomically (temp file + rename)."""
     path = thumb_path(sha)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    thumb = img.copy()
-    thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    data = thumb_bytes(img) if data is None else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha[:8]}-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            thumb.save(f, format="JPEG", quality=90)
+            f.write(data)
         os.replace(tmp, path)  # atomic: never a half-written thumbnail
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -154,13 +168,27 @@ def save_thumb(img: Any, sha: str) -> Path:
 def store_batch(col: Any, key: str, ids: Sequence[str], images: Sequence[Any],
                 metas: Sequence[dict[str, Any]], progress: Progress | None = None) -> None:
     """Encode, then thumbnails, then one upsert of the vectors: a stored row always has its
-    thumbnail, and a model that cannot load leaves no thumbnail behind."""
+    thumbnail, and a model that cannot load leaves no thumbnail behind. The batch is written
+    only when the data dir keeps its reserve afterwards (medlab.io.diskspace), so a build that
+    runs out of space stops before the store itself meets a full disk; if a write fails anyway,
+    the thumbnails this batch added leave again."""
+    from medlab.io.diskspace import ensure_space
     from medlab.retrieval.vectorstore import upsert
 
     vecs = encode_images(key, list(images), progress)
-    for sha, img in zip(ids, images):
-        save_thumb(img, sha)
-    upsert(col, list(ids), vecs, list(metas))
+    new = [(sha, img) for sha, img in zip(ids, images) if not thumb_path(sha).is_file()]
+    jpegs = [thumb_bytes(img) for _, img in new]
+    ensure_space(load_settings().data_dir, sum(len(j) for j in jpegs) + int(getattr(vecs, "nbytes", 0)) * 4,
+                 f"indexing {len(ids)} more images")
+    written: list[Path] = []
+    try:
+        for (sha, img), data in zip(new, jpegs, strict=True):
+            written.append(save_thumb(img, sha, data))
+        upsert(col, list(ids), vecs, list(metas))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 # -- folders -------------------------------------------------------------------------------------
@@ -222,7 +250,16 @@ def index_folder(
 ) -> IndexReport:
     """Index every image of `folder` (recursively) for model `key`. Incremental and resumable:
     images already stored (same bytes) are not encoded again; images that used to come from
-    this folder (same `source`) and are gone now leave the index."""
+    this folder (same `source`) and are gone now leave the index. A full disk stops the build
+    with DiskFullError; what was stored stays, and the next run resumes."""
+    from medlab.io.diskspace import disk_errors
+
+    with disk_errors(load_settings().data_dir, f"indexing {Path(folder).name or folder}"):
+        return _index_folder(folder, key, source, progress, batch_size)
+
+
+def _index_folder(folder: str | Path, key: str, source: str | None, progress: Progress | None,
+                  batch_size: int) -> IndexReport:
     from medlab.io.imaging import load_image
     from medlab.retrieval.vectorstore import existing_ids
 

@@ -12,6 +12,7 @@ from medlab.core.progress import Progress
 from medlab.io.files import file_sha256
 from medlab.retrieval.encoders import encode_images, encode_texts
 from medlab.retrieval.image_index import THUMB_SIDE, nonempty_collection
+from medlab.retrieval.vectorstore import store_errors
 from medlab.retrieval.zero_shot import as_image
 
 
@@ -64,7 +65,8 @@ def search_text(query: str, k: int = 8, key: str = "plip", progress: Progress | 
     k = _k(k)
     vec = encode_texts(key, [query], progress)[0]
     # chroma returns fewer than k rows for a small index, so no count() is needed here
-    res = col.query(query_embeddings=[vec.tolist()], n_results=k, include=["metadatas", "distances"])
+    with store_errors("searching the image index"):
+        res = col.query(query_embeddings=[vec.tolist()], n_results=k, include=["metadatas", "distances"])
     return _hits(res)
 
 
@@ -88,14 +90,16 @@ def search_image(
     if lookup is None and isinstance(image, (str, os.PathLike)) and Path(image).is_file():
         lookup = file_sha256(Path(image))
     if lookup:
-        got = col.get(ids=[lookup], include=["embeddings"])
+        with store_errors("reading the image index"):
+            got = col.get(ids=[lookup], include=["embeddings"])
         if got["ids"]:
             vec = np.asarray(got["embeddings"][0], dtype="float32")
         elif item_id is not None:
             raise InputError("That image is no longer in the index; search again.")
     if vec is None:
         vec = encode_images(key, [as_image(image)], progress)[0]
-    res = col.query(query_embeddings=[vec.tolist()], n_results=k, include=["metadatas", "distances"])
+    with store_errors("searching the image index"):
+        res = col.query(query_embeddings=[vec.tolist()], n_results=k, include=["metadatas", "distances"])
     hits = _hits(res)
     if lookup and any(h.id == lookup for h in hits):  # exact self-match first even on ties
         hits.sort(key=lambda h: (h.id != lookup, -h.score))

@@ -41,20 +41,51 @@ def _where() -> str:
     return f"the chroma server {key[1]}:{key[2]}" if key[0] == "http" else f"the store at {key[1]}"
 
 
+def _lost_connection(exc: BaseException) -> BaseException | None:
+    """httpx's transport error on the exception's cause/context chain (chromadb's HttpClient
+    raises it as is, or as a ValueError raised while handling it), by class."""
+    import httpx
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, httpx.TransportError):
+            return e
+        stack += [e.__cause__, e.__context__]
+    return None
+
+
+def _unavailable(doing: str, lost: BaseException) -> StoreUnavailableError:
+    key = _client_key()
+    return StoreUnavailableError(
+        f"Knowledge store unreachable ({key[1]}:{key[2]}): {_where()} did not answer while {doing} "
+        f"({type(lost).__name__}). Fix: start or restart it (`chroma run --path DIR --host HOST --port PORT`) and "
+        "check MEDLAB_CHROMA_HOST/MEDLAB_CHROMA_PORT; then repeat the action (no app restart needed): what was "
+        "stored is kept and the rest resumes."
+    )
+
+
 @contextmanager
 def store_errors(doing: str) -> Iterator[None]:
     """Translate a lost connection (httpx's transport errors, raised by chromadb's HttpClient)
-    into StoreUnavailableError with what was being done and how to go on."""
-    import httpx
-
+    into StoreUnavailableError with what was being done and how to go on. The cached client is
+    dropped, so the next call connects afresh (a server that came back works again without an
+    app restart)."""
     try:
         yield
-    except httpx.TransportError as exc:
-        raise StoreUnavailableError(
-            f"{_where()} is unreachable while {doing} ({type(exc).__name__}). Fix: start or restart it "
-            "(`chroma run --path DIR --host HOST --port PORT`) and check MEDLAB_CHROMA_HOST/MEDLAB_CHROMA_PORT; "
-            "then repeat the action: what was stored is kept and the rest resumes."
-        ) from exc
+    except VectorStoreError:
+        raise
+    except Exception as exc:
+        lost = _lost_connection(exc)
+        if lost is None:
+            raise
+        with _LOCK:
+            _CLIENTS.pop(_client_key(), None)
+        raise _unavailable(doing, lost) from exc
 
 
 def _client_key() -> tuple[str, ...]:
@@ -84,6 +115,9 @@ def get_client() -> Any:
                 os.makedirs(path, exist_ok=True)
                 client = chromadb.PersistentClient(path=path, settings=chroma_settings)
         except Exception as exc:  # noqa: BLE001 - reported with its cause and the fix
+            lost = _lost_connection(exc) if key[0] == "http" else None
+            if lost is not None:
+                raise _unavailable("connecting", lost) from exc
             where = f"the chroma server {key[1]}:{key[2]}" if key[0] == "http" else f"the store at {key[1]}"
             fix = ("check MEDLAB_CHROMA_HOST/MEDLAB_CHROMA_PORT and that the server runs"
                    if key[0] == "http" else "check that MEDLAB_DATA_DIR is writable")
