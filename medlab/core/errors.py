@@ -72,6 +72,11 @@ class DicomError(InputError):
     """A DICOM file that cannot be shown as an image (no pixels, wrong kind of object)."""
 
 
+class ServiceUnreachableError(MedlabError, RuntimeError):
+    """A server the app talks to (the chroma server) is not answering: an outage, not a
+    problem of this machine's disk or of the input."""
+
+
 class DiskFullError(MedlabError, OSError):
     """The disk holding the data dir is full: nothing half-written was kept, and what was
     stored before stays readable; free space (or enlarge the volume) and repeat."""

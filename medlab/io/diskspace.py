@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from medlab.core.errors import DiskFullError, MedlabError
+from medlab.core.errors import DiskFullError, MedlabError, ServiceUnreachableError
 
 # Below this much free space, a failed write on the volume counts as "disk full".
 LOW_SPACE_BYTES = 2 * 2**20
@@ -83,9 +83,7 @@ def disk_errors(where: Path, doing: str) -> Iterator[None]:
     except DiskFullError:
         raise
     except MedlabError as exc:
-        from medlab.retrieval.vectorstore import StoreUnavailableError
-
-        if exc.__cause__ is not None and not isinstance(exc, StoreUnavailableError):
+        if exc.__cause__ is not None and not isinstance(exc, ServiceUnreachableError):
             raise_if_disk_full(exc, where, doing)
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised unless the disk is full

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medlab.core.config import load_settings
-from medlab.core.errors import MedlabError
+from medlab.core.errors import MedlabError, ServiceUnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class VectorStoreError(MedlabError, RuntimeError):
     """The vector store (embedded or server) cannot be used."""
 
 
-class StoreUnavailableError(VectorStoreError):
+class StoreUnavailableError(VectorStoreError, ServiceUnreachableError):
     """The chroma server stopped answering (not running, restarting, network down). Writes are
     keyed by content, so repeating the operation once it is back resumes where it stopped."""
 
