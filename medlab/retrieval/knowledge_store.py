@@ -150,8 +150,10 @@ def _stored_chunks(doc: str, doc_hash: str, n_chunks: int) -> list[Chunk] | None
             for m, t in rows]
 
 
-def _complete(state: dict[str, Any] | None, h: str) -> bool:
-    return bool(state) and state["hashes"].get(h, 0) == state["n"].get(h, -1) and len(state["hashes"]) == 1
+def _complete(state: dict[str, Any] | None, h: str, alone: bool = True) -> bool:
+    """Version `h` has all its chunks (and, when `alone`, no other version has any)."""
+    return (bool(state) and state["hashes"].get(h, 0) == state["n"].get(h, -1)
+            and (len(state["hashes"]) == 1 or not alone))
 
 
 def _plan(files: dict[str, Path], records: dict[str, dict[str, Any]], only: set[str] | None,
@@ -255,7 +257,9 @@ def ingest(
         todo = []
         for doc, (h, path) in want.items():
             r = records.get(doc)
-            if _complete(indexed.get(doc), h):
+            # Another replica's document may be mid-update by its uploader: its complete version
+            # counts, and the other version's chunks are the uploader's to finish or remove.
+            if _complete(indexed.get(doc), h, alone=path is not None):
                 if primary and (not r or r.get("sha256") != h or r.get("status") != recs.ACTIVE):
                     records[doc] = recs.write(doc, h, indexed[doc]["n"][h], r, col=rec_col)
                 if doc not in report.skipped:
