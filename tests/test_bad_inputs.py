@@ -201,6 +201,28 @@ def _cases() -> list[Case]:
         Case("assistant_add_document:non-utf8-pdf", "/assistant_add_document", bf.non_utf8_pdf, NOT_PDF),
         Case("assistant_add_document:zip-not-pdf", "/assistant_add_document", bf.zip_traversal, WRONG_TYPE.format(".pdf")),
     ]
+    # the class quiz: codes, case sets, expiry, browser ids (quiz-specific refusals: tests/test_quiz.py)
+    student = "browser-12345678"
+    cases += [
+        # the case-set dropdown's own check (gradio) lists the valid sets
+        Case("quiz_create:unknown-set", "/quiz_create", text("no-such-set"),
+             r"no-such-set is not in the list of choices: \['lung_ct', 'skin', 'pathology'\]", (), False),
+        # the hours field's own bounds (gradio's number check)
+        Case("quiz_create:zero-hours", "/quiz_create", text("lung_ct"), r"Value 0 is less than minimum value 0\.25",
+             (0,), False),
+        Case("quiz_create:too-long", "/quiz_create", text("lung_ct"), r"Value 10000 is greater than maximum value 336",
+             (10_000,), False),
+    ]
+    code_rows = (("empty", "", r"No quiz code was given"),
+                 ("not-a-code", "hello!!", r"'hello!!' is not a quiz code: codes have 6 characters"),
+                 ("control-chars", CONTROL_TEXT, r"is not a quiz code"),
+                 ("200k-chars", LONG_TEXT, r"is not a quiz code"),
+                 ("unknown-code", "ABCDEF", r"No quiz has the code ABCDEF"))
+    for api, extra in (("/quiz_case", (0, student)), ("/quiz_reveal", (0, student)), ("/quiz_results", ("not-the-secret",))):
+        cases += [Case(f"{api[1:]}:{name}", api, text(value), rx, extra, False) for name, value, rx in code_rows]
+    # one browser id per refused guess: the per-browser rate limit must not be what refuses them
+    cases += [Case(f"quiz_guess:{name}", "/quiz_guess", text(value), rx, (0, "normal", f"browser-{name}"), False)
+              for name, value, rx in code_rows]
     return cases
 
 
@@ -256,6 +278,10 @@ def warm(live_app: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
     client.predict("What does the ABCDE rule stand for?", api_name="/assistant_ask")
     client.predict("tumour epithelium", api_name="/pathology_search")
     client.predict(handle_file(str(good)), api_name="/skin_classify")
+    # the quiz database exists before the snapshots, and this session has opened a case (its answer
+    # choices are what /quiz_guess accepts), so refused guesses reach the engine's checks
+    _, quiz = client.predict("lung_ct", 1, api_name="/quiz_create")
+    client.predict(quiz["code"], 0, "browser-warm-up", api_name="/quiz_case")
     return client
 
 
