@@ -4,6 +4,8 @@ Every message is written for a student: what went wrong and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class MedlabError(Exception):
     """Base class for every error the engine raises on purpose."""
@@ -91,3 +93,18 @@ class WeightsDamagedError(ModelUnavailableError):
             key, f"weights damaged: {path}" + (f" ({detail})" if detail else "") + "; the app never serves damaged weights.",
             f"delete it or run `python -m medlab download {key}` (it re-downloads a damaged file).",
         )
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and every exception on its cause/context chain, each once, nearest first:
+    library errors are recognised by class wherever a wrapper (a ValueError raised while
+    handling it, a re-raise `from`) left them."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__]

@@ -16,6 +16,7 @@ from medlab.core.errors import (
     MedlabError,
     ModelUnavailableError,
     WeightsDamagedError,
+    exception_chain,
 )
 from medlab.core.registry import ModelSource
 
@@ -28,20 +29,8 @@ def fix_hint(source: ModelSource) -> str:
     )
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        current = stack.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        stack += [current.__cause__, current.__context__]  # type: ignore[list-item]
-
-
 def _find(exc: BaseException, *types: type[BaseException]) -> Any:
-    return next((e for e in _chain(exc) if isinstance(e, types)), None)
+    return next((e for e in exception_chain(exc) if isinstance(e, types)), None)
 
 
 def _hub_offline() -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from medlab.core.errors import DiskFullError, MedlabError, ServiceUnreachableError
+from medlab.core.errors import DiskFullError, MedlabError, ServiceUnreachableError, exception_chain
 
 # Below this much free space, a failed write on the volume counts as "disk full".
 LOW_SPACE_BYTES = 2 * 2**20
@@ -35,18 +35,11 @@ def free_bytes(where: Path) -> int | None:
 
 
 def is_disk_full(exc: BaseException, where: Path) -> bool:
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(exc):
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             return True
         if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:
             return True
-        stack += [e.__cause__, e.__context__]
     free = free_bytes(where)
     return free is not None and free < LOW_SPACE_BYTES
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medlab.core.config import load_settings
-from medlab.core.errors import MedlabError, ServiceUnreachableError
+from medlab.core.errors import MedlabError, ServiceUnreachableError, exception_chain
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,7 @@ def _lost_connection(exc: BaseException) -> BaseException | None:
     raises it as is, or as a ValueError raised while handling it), by class."""
     import httpx
 
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, httpx.TransportError):
-            return e
-        stack += [e.__cause__, e.__context__]
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, httpx.TransportError)), None)
 
 
 def _unavailable(doing: str, lost: BaseException) -> StoreUnavailableError:
