@@ -87,11 +87,15 @@ class DiskFullError(MedlabError, OSError):
 class WeightsDamagedError(ModelUnavailableError):
     """A weights file is truncated or corrupted (its bytes do not match its own header)."""
 
-    def __init__(self, key: str, path: str, detail: str = "") -> None:
+    def __init__(self, key: str, path: str, detail: str = "", env_var: str | None = None) -> None:
         self.path = path
+        # a local folder (env_var points at it) is not repaired by a download: say what is
+        fix = (f"delete it or run `python -m medlab download {key}` (it re-downloads a damaged file)." if env_var is None
+               else f"the folder {env_var} points at holds it: copy or export the model there again, or delete it and "
+                    f"unset {env_var} to use the default source (`python -m medlab download {key}` fetches it).")
         super().__init__(
             key, f"weights damaged: {path}" + (f" ({detail})" if detail else "") + "; the app never serves damaged weights.",
-            f"delete it or run `python -m medlab download {key}` (it re-downloads a damaged file).",
+            fix,
         )
 
 

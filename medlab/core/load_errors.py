@@ -66,7 +66,7 @@ def translate(source: ModelSource, exc: BaseException, device: str | None = None
         )
     safetensors = sys.modules.get("safetensors")
     if safetensors is not None and _find(exc, safetensors.SafetensorError) is not None:
-        return WeightsDamagedError(key, where, "safetensors could not read it")
+        return WeightsDamagedError(key, where, "safetensors could not read it", source.env_var if source.is_local else None)
     if _find(exc, hf.GatedRepoError) is not None:
         return ModelUnavailableError(
             key, f"{where} is a gated repository on the Hugging Face Hub and this machine has no access to it.",

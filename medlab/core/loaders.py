@@ -92,7 +92,7 @@ def local_files(source: ModelSource, progress: Progress, wanted: str = "*.safete
     from medlab.core.weights import check_safetensors_files
 
     if source.is_local:
-        check_safetensors_files(source.key, Path(source.location))
+        check_safetensors_files(source.key, Path(source.location), source.env_var)
         return source.location
     from medlab.core.hub import fetch_snapshot, require_weights
 

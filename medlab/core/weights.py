@@ -139,10 +139,11 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def check_safetensors_files(key: str, folder: Path) -> None:
+def check_safetensors_files(key: str, folder: Path, env_var: str | None = None) -> None:
     """Refuse a model folder whose safetensors files are damaged (WeightsDamagedError names the
-    real file: a Hub-cache blob behind its snapshot link, so deleting it forces a re-download)."""
+    real file: a Hub-cache blob behind its snapshot link, so deleting it forces a re-download;
+    `env_var` when the folder is a local one that variable points at)."""
     for path in sorted(Path(folder).rglob("*.safetensors")):
         why = damage(path)
         if why:
-            raise WeightsDamagedError(key, str(path.resolve()), why)
+            raise WeightsDamagedError(key, str(path.resolve()), why, env_var)
