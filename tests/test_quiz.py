@@ -225,8 +225,11 @@ def test_kill_9_during_a_quiz_loses_no_committed_guess(tmp_path: Path) -> None:
         if len(reported) >= 150 or time.time() > deadline:
             break
     os.kill(proc.pid, signal.SIGKILL)
-    rest, err = proc.communicate()
-    reported += [ln.split()[1] for ln in rest.splitlines() if ln.startswith("COMMITTED ")]
+    proc.wait(timeout=30)
+    # the rest of what it reported: the reader's own buffer first (communicate() would read the
+    # pipe's file descriptor past it and lose lines already read ahead), then the pipe to its end
+    reported += [ln.split()[1] for ln in proc.stdout if ln.startswith("COMMITTED ")]
+    err = proc.stderr.read() if proc.stderr is not None else ""
     assert proc.returncode == -signal.SIGKILL, err[-2000:]
     assert len(reported) >= 50, err[-2000:]
     stored = {r[0] for r in _rows(path, "SELECT browser_id FROM guesses WHERE quiz = ?", code)}
