@@ -73,7 +73,7 @@ def build_app() -> gr.Blocks:
     """Build the whole UI. Loads no model."""
     load_settings()  # fail at start-up, with the variable's name, on an invalid setting
     with gr.Blocks(title="Medical AI Lab", analytics_enabled=False) as demo:
-        with gr.Row(equal_height=False):
+        with gr.Row(equal_height=False, elem_id="medlab-header"):
             gr.Markdown(f"# 🩺 Medical AI Lab\n*{DISCLAIMER}*")
             # Gradio's own share button: a link to this page with the session's current values
             # (inputs, settings, results and the selected tab); see tabs/deep_links.py

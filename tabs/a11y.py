@@ -84,6 +84,13 @@ PHONE_CSS = """
   /* Form controls sharing a row (DICOM window + scenario, k + model, beams + length) get
      160 px each from Gradio, which squeezes their help text into narrow columns: one per line. */
   .form > .block { min-width: min(240px, 100%) !important; }
+  /* The quiz tally's nine columns in 360 px stacked its headers letter by letter: the table
+     keeps a readable width and scrolls sideways inside its own box. */
+  #quiz-tally table { min-width: 720px; }
+  /* The title shared its row with the link button and wrapped word by word: the button goes
+     under the title instead. */
+  #medlab-header { flex-wrap: wrap; }
+  #medlab-header > * { min-width: 100% !important; }
 }
 """
 
