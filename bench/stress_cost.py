@@ -6,7 +6,7 @@ skin ViT-B/16 @224, lung CT EfficientNet-B1 @240, pathology PLIP = CLIP ViT-B/32
 What is compared (engine calls, no HTTP; both sides decode the same file):
 - skin: medlab.vision.skin.classify_skin (decode, input gate beside the forward, preprocess, one
   forward) vs medlab.vision.stress.stress_skin (decode, 8 perturbed copies, the gate on all 8
-  with its object check batched, preprocess, ONE forward of a batch of 8);
+  beside the forward, preprocess, ONE forward of a batch of 8);
 - lung CT: classify_lung (what the tab runs: forward + Grad-CAM + overlay, with the gate) vs
   stress_lung (no Grad-CAM: the sweep plots probabilities only);
 - pathology: zero_shot with PLIP only (the tab runs PLIP and then CLIP; one model is the fair
